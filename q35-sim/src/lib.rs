@@ -1,0 +1,1 @@
+//! q35 device simulator (filled in by the simulator work).

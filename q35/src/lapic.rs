@@ -1,0 +1,120 @@
+//! Local APIC: APIC ID and IPIs through the ICR, in xAPIC (MMIO) or x2APIC (MSR) mode.
+
+use x86_64::registers::model_specific::Msr;
+
+pub const MSR_APIC_BASE: u32 = 0x1B;
+pub const APIC_BASE_BSP: u64 = 1 << 8;
+pub const APIC_BASE_X2APIC: u64 = 1 << 10;
+pub const APIC_BASE_ENABLE: u64 = 1 << 11;
+pub const XAPIC_DEFAULT_BASE: u64 = 0xFEE0_0000;
+const MSR_X2APIC_ICR: u32 = 0x830;
+const XAPIC_ICR_LOW: u64 = 0x300;
+const XAPIC_ICR_HIGH: u64 = 0x310;
+const XAPIC_SVR: u64 = 0xF0;
+const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+
+/// ICR low words (physical destination, level assert).
+pub const ICR_SMI: u32 = 0x0000_4200;
+pub const ICR_INIT: u32 = 0x0000_4500;
+pub const ICR_STARTUP: u32 = 0x0000_4600;
+/// Destination shorthand "self".
+pub const ICR_SELF: u32 = 1 << 18;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpiError {
+    /// The APIC is disabled in IA32_APIC_BASE.
+    Disabled,
+    /// xAPIC mode with the MMIO base moved away from 0xFEE00000.
+    MovedBase,
+    /// xAPIC mode can only address APIC IDs up to 0xFF.
+    DestTooLarge,
+    /// The previous IPI never left the ICR.
+    Busy,
+}
+
+fn apic_base() -> u64 {
+    // SAFETY: IA32_APIC_BASE exists on every CPU QEMU models; reading it has no effect.
+    unsafe { Msr::new(MSR_APIC_BASE).read() }
+}
+
+pub fn is_bsp() -> bool {
+    apic_base() & APIC_BASE_BSP != 0
+}
+
+/// The initial APIC ID from CPUID (leaf 0xB when it exists, else leaf 1), which the OS
+/// cannot change.
+pub fn cpuid_apic_id() -> u32 {
+    // CPUID is safe on x86_64; leaf 0xB is used only when the max leaf says it exists.
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    if max >= 0xB {
+        let l = core::arch::x86_64::__cpuid_count(0xB, 0);
+        if l.ebx & 0xFFFF != 0 {
+            return l.edx;
+        }
+    }
+    core::arch::x86_64::__cpuid(1).ebx >> 24
+}
+
+fn mmio_read(off: u64) -> u32 {
+    // SAFETY: the xAPIC register page is identity mapped at its default base (checked by
+    // callers through IA32_APIC_BASE); registers are 32-bit aligned.
+    unsafe { core::ptr::read_volatile((XAPIC_DEFAULT_BASE + off) as *const u32) }
+}
+
+fn mmio_write(off: u64, v: u32) {
+    // SAFETY: as for `mmio_read`.
+    unsafe { core::ptr::write_volatile((XAPIC_DEFAULT_BASE + off) as *mut u32, v) }
+}
+
+/// Software-enable the local APIC (SVR bit 8) so it accepts and sends IPIs.
+pub fn enable() {
+    let base = apic_base();
+    if base & APIC_BASE_X2APIC != 0 {
+        return;
+    }
+    mmio_write(XAPIC_SVR, mmio_read(XAPIC_SVR) | 0x1FF);
+}
+
+fn wait_idle(spins: u32) -> bool {
+    for _ in 0..spins {
+        if mmio_read(XAPIC_ICR_LOW) & ICR_DELIVERY_PENDING == 0 {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+/// Send `icr_low` to `dest` (ignored for shorthand "self"). Bounded: gives up with
+/// `Busy` rather than spinning forever on a stuck ICR.
+pub fn send_ipi(dest: u32, icr_low: u32) -> Result<(), IpiError> {
+    let base = apic_base();
+    if base & APIC_BASE_ENABLE == 0 {
+        return Err(IpiError::Disabled);
+    }
+    if base & APIC_BASE_X2APIC != 0 {
+        let v = (u64::from(dest) << 32) | u64::from(icr_low);
+        // SAFETY: x2APIC mode is on (checked above), so MSR 0x830 is the ICR.
+        unsafe { Msr::new(MSR_X2APIC_ICR).write(v) };
+        return Ok(());
+    }
+    if base & 0xFFFF_F000 != XAPIC_DEFAULT_BASE {
+        return Err(IpiError::MovedBase);
+    }
+    if dest > 0xFF {
+        return Err(IpiError::DestTooLarge);
+    }
+    if !wait_idle(1_000_000) {
+        return Err(IpiError::Busy);
+    }
+    let saved_high = mmio_read(XAPIC_ICR_HIGH);
+    mmio_write(XAPIC_ICR_HIGH, dest << 24);
+    mmio_write(XAPIC_ICR_LOW, icr_low);
+    let idle = wait_idle(1_000_000);
+    mmio_write(XAPIC_ICR_HIGH, saved_high);
+    if idle {
+        Ok(())
+    } else {
+        Err(IpiError::Busy)
+    }
+}

@@ -1,0 +1,81 @@
+//! 16550 UART at COM1, polled.
+
+use crate::io::PortIo;
+
+pub const COM1: u16 = 0x3F8;
+
+pub struct Serial<'a, P: PortIo> {
+    ports: &'a P,
+    base: u16,
+}
+
+impl<'a, P: PortIo> Serial<'a, P> {
+    pub const fn new(ports: &'a P, base: u16) -> Self {
+        Self { ports, base }
+    }
+
+    /// 115200 8N1, FIFOs on, interrupts off.
+    pub fn init(&self) {
+        let b = self.base;
+        self.ports.outb(b + 1, 0x00);
+        self.ports.outb(b + 3, 0x80);
+        self.ports.outb(b, 0x01);
+        self.ports.outb(b + 1, 0x00);
+        self.ports.outb(b + 3, 0x03);
+        self.ports.outb(b + 2, 0xC7);
+        self.ports.outb(b + 4, 0x03);
+    }
+
+    pub fn write_byte(&self, c: u8) {
+        // Bounded wait for the transmit holding register; QEMU's is always ready.
+        for _ in 0..100_000 {
+            if self.ports.inb(self.base + 5) & 0x20 != 0 {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+        self.ports.outb(self.base, c);
+    }
+
+    pub fn write_bytes(&self, s: &[u8]) {
+        for &c in s {
+            if c == b'\n' {
+                self.write_byte(b'\r');
+            }
+            self.write_byte(c);
+        }
+    }
+
+    /// Write `v` as `0x` and `digits` hex digits, without `core::fmt`.
+    pub fn write_hex(&self, v: u64, digits: u32) {
+        self.write_bytes(b"0x");
+        let mut i = digits.min(16);
+        while i > 0 {
+            i -= 1;
+            let nib = ((v >> (i * 4)) & 0xF) as u8;
+            self.write_byte(if nib < 10 { b'0' + nib } else { b'a' + nib - 10 });
+        }
+    }
+
+    /// Write `v` in decimal without `core::fmt`.
+    pub fn write_dec(&self, mut v: u64) {
+        let mut buf = [0u8; 20];
+        let mut n = 0;
+        loop {
+            if let Some(slot) = buf.get_mut(n) {
+                *slot = b'0' + (v % 10) as u8;
+            }
+            n += 1;
+            v /= 10;
+            if v == 0 || n >= 20 {
+                break;
+            }
+        }
+        while n > 0 {
+            n -= 1;
+            if let Some(&c) = buf.get(n) {
+                self.write_byte(c);
+            }
+        }
+    }
+}
