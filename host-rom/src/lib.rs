@@ -1,1 +1,272 @@
+//! The built-in host ROM: a minimal boot ROM for QEMU q35 that sets up SMM the way
+//! coreboot's x86_64 SMM stage does, hosts the project's SMM handler, and runs a payload
+//! the way coreboot runs one. It exists so the mission can be built, run and tested
+//! without coreboot's source.
+//!
+//! Boot order (each step checked; any SMM failure stops the boot, fail closed):
+//! serial → PCI sanity → PMBASE → fw_cfg → RAM map → CPU hotplug block count →
+//! 0x9C query → SMI feature negotiation → APs up → TSEG layout for every possible CPU →
+//! serialized SMBASE relocation → per-CPU check → first-SMI handler + locks →
+//! coreboot tables → payload.
 #![no_std]
+
+extern crate fw_rt;
+
+mod cbtables;
+mod entry;
+mod logger;
+mod memmap;
+mod mp;
+mod payload;
+mod romfs;
+mod smm;
+mod smm_stub;
+mod timer;
+
+use core::fmt;
+use q35::cpuhp::CpuHp;
+use q35::fw_cfg::{self, FwCfg, Negotiation};
+use q35::io::{HwPorts, PortIo};
+use q35::mch::Mch;
+use q35::pci::{PciConfig, LPC, MCH};
+use q35::{ich9, lapic};
+use smm_handler::params::MAX_SLOTS;
+
+use memmap::{Range, RESERVED, TABLE};
+
+/// isa-debug-exit (iobase 0xf4): QEMU exits with (value << 1) | 1. The payload uses
+/// 0x10 (exit 33) for PASS and 0x11 (35) for FAIL; the ROM uses 0x12 (37) when it stops.
+const DEBUG_EXIT_PORT: u16 = 0xF4;
+const EXIT_FIRMWARE_FATAL: u8 = 0x12;
+const PAYLOAD_FILE: &str = "opt/cbpayload";
+const PAYLOAD_STACK_TOP: u32 = 0x7F_F000;
+
+/// Stop the boot: never hand control to a payload after an SMM setup failure.
+fn fatal(args: fmt::Arguments) -> ! {
+    log::error!("FATAL: {}", args);
+    log::error!("boot stopped: the payload is not started");
+    HwPorts.outb(DEBUG_EXIT_PORT, EXIT_FIRMWARE_FATAL);
+    mp::park()
+}
+
+macro_rules! fatal {
+    ($($t:tt)*) => { fatal(format_args!($($t)*)) };
+}
+
+fn feature_names(f: u64) -> &'static str {
+    match f & 7 {
+        0 => "none",
+        1 => "broadcast",
+        3 => "broadcast cpu-hotplug",
+        7 => "broadcast cpu-hotplug cpu-hot-unplug",
+        _ => "inconsistent",
+    }
+}
+
+#[no_mangle]
+extern "C" fn rom_main() -> ! {
+    logger::init(log::LevelFilter::Info);
+    let ports = HwPorts;
+    log::info!("starting (QEMU q35 host ROM, SMM like coreboot's x86_64 TSEG build)");
+
+    let pci = PciConfig::new(&ports);
+    match (pci.ids(MCH), pci.ids(LPC)) {
+        (Some((0x8086, 0x29C0)), Some((0x8086, 0x2918))) => {}
+        other => fatal!("not a q35 machine (MCH/LPC ids {:x?}); run with -machine q35,smm=on", other),
+    }
+    ich9::enable_pmbase(&ports, ich9::PMBASE);
+
+    let cfg = FwCfg::detect(&ports).unwrap_or_else(|e| fatal!("fw_cfg: {:?}", e));
+    if let Some(f) = cfg.find_file("opt/host-rom/loglevel") {
+        let mut b = [0u8; 16];
+        let n = (f.size as usize).min(16);
+        if cfg.read_file(f, &mut b[..n]).is_ok() {
+            match logger::parse_level(&b[..n]) {
+                Some(l) => log::set_max_level(l),
+                None => log::warn!("opt/host-rom/loglevel: unknown level, keeping info"),
+            }
+        }
+    }
+
+    // RAM from QEMU's e820 table.
+    let mut e820 = [0u8; 20 * 16];
+    let ram = match cfg.find_file("etc/e820") {
+        Some(f) => {
+            let n = (f.size as usize).min(e820.len());
+            cfg.read_file(f, &mut e820[..n]).unwrap_or_else(|e| fatal!("etc/e820: {:?}", e));
+            memmap::ram_from_e820(&e820[..n])
+        }
+        None => fatal!("fw_cfg has no etc/e820"),
+    };
+    let low_top = ram.iter().filter(|r| r.0 < 0x1_0000_0000).map(|r| r.1).max().unwrap_or(0);
+    if low_top < 0x400_0000 {
+        fatal!("{} MiB of RAM below 4 GiB; the host ROM needs at least 64 MiB (-m)", low_top >> 20);
+    }
+    let tseg_base = (low_top - u64::from(smm::TSEG_SIZE)) as u32;
+    let tables_base = u64::from(tseg_base) - memmap::TABLES_SIZE;
+
+    // CPUs: present (to start) and possible (to lay out SMM for), from the register block.
+    let hp = CpuHp::new(&ports);
+    let modern = hp.switch_to_modern();
+    let topo = match modern.and_then(|_| hp.count()) {
+        Ok(t) => t,
+        Err(e) => fatal!("CPU hotplug register block: {:?} (needs QEMU >= 2.7 with a working modern interface)", e),
+    };
+    let nb_cpus = cfg.read_key_u16(fw_cfg::KEY_NB_CPUS);
+    log::info!(
+        "CPUs: present {} (fw_cfg boot CPUs {}), possible {}, APIC-ID limit {}",
+        topo.present,
+        nb_cpus,
+        topo.possible,
+        cfg.read_key_u16(fw_cfg::KEY_MAX_CPUS)
+    );
+    if topo.possible as usize > MAX_SLOTS && topo.present as usize > MAX_SLOTS {
+        fatal!("{} present CPUs; the host ROM lays out at most {} SMM slots", topo.present, MAX_SLOTS);
+    }
+
+    // Preconditions for negotiating CPU hotplug (spec 3.6 rule 5).
+    let mch = Mch::new(&ports);
+    let default_smram = mch.query_default_smbase_smram();
+    let slots_for_all = topo.possible as usize <= MAX_SLOTS;
+    let ids_fit = topo.max_apic_id() < 256;
+    let hotplug_ok = default_smram && slots_for_all && ids_fit;
+    if !default_smram {
+        log::warn!("no SMRAM at default SMBASE (MCH 0x9C, machine type < 5.0): CPU hotplug not offered");
+    }
+    if !slots_for_all {
+        log::warn!("{} possible CPUs exceed {} SMM slots: CPU hotplug not offered", topo.possible, MAX_SLOTS);
+    }
+    if !ids_fit {
+        log::warn!("APIC IDs up to {} do not fit xAPIC: CPU hotplug not offered", topo.max_apic_id());
+    }
+    let wanted = fw_cfg::SMI_FEATURE_BROADCAST
+        | if hotplug_ok {
+            fw_cfg::SMI_FEATURE_CPU_HOTPLUG | fw_cfg::SMI_FEATURE_CPU_HOT_UNPLUG
+        } else {
+            0
+        };
+    let granted = match fw_cfg::negotiate_smi_features(&cfg, wanted) {
+        Ok(Negotiation::Granted { supported, requested }) => {
+            log::info!(
+                "SMI features: supported {:#x}, wanted {:#x}, requested {:#x}, granted ({})",
+                supported,
+                wanted,
+                requested,
+                feature_names(requested)
+            );
+            if requested & fw_cfg::SMI_FEATURE_CPU_HOTPLUG == 0 {
+                log::warn!("CPU hotplug with SMM not negotiated: QEMU will refuse device_add of CPUs");
+            }
+            requested
+        }
+        Ok(Negotiation::Unsupported) => {
+            log::warn!("SMI features: QEMU offers no negotiation (< 2.9): no broadcast, no CPU hotplug");
+            0
+        }
+        Err(e) => fatal!("SMI feature negotiation failed: {:?}", e),
+    };
+
+    // APs up, as coreboot's MP init does: only the present CPUs.
+    lapic::enable();
+    let bsp_apic = lapic::cpuid_apic_id();
+    let present: heapless::Vec<u32, MAX_SLOTS> = (0..topo.possible)
+        .filter(|&s| topo.present_mask.get(s as usize).copied().unwrap_or(false))
+        .filter_map(|s| topo.apic_id(s))
+        .collect();
+    if !present.contains(&bsp_apic) {
+        fatal!("BSP APIC ID {} is not among the present CPUs {:?}", bsp_apic, present.as_slice());
+    }
+    match mp::start_aps(&present, bsp_apic) {
+        Ok(n) => log::info!("{} AP(s) checked in", n),
+        Err(n) => fatal!("only {} of {} APs checked in", n, present.len() - 1),
+    }
+
+    // SMM: layout for every possible CPU; present CPUs take slots in selector order.
+    let module = romfs::find("smm").unwrap_or_else(|| fatal!("ROM has no SMM module (file 'smm')"));
+    let module = smm::Rmod::parse(module).unwrap_or_else(|e| fatal!("SMM module: {:?}", e));
+    let slots = topo.possible.min(MAX_SLOTS as u32);
+    // SAFETY: TSEG is the top 1 MiB of low RAM, not yet enabled, owned by firmware.
+    let layout = unsafe {
+        smm::load(tseg_base, &module, slots, |p| {
+            p.pmbase = u32::from(ich9::PMBASE);
+            p.features = granted as u32;
+            p.pen_base = smm_handler::first_smi::PEN_BASE;
+            p.boot_apic_id = bsp_apic;
+            for (i, &apic) in present.iter().enumerate() {
+                if let Some(s) = p.slot_apic_id.get_mut(i) {
+                    *s = apic;
+                }
+            }
+        })
+    }
+    .unwrap_or_else(|e| fatal!("SMM layout: {:?}", e));
+    let top = tseg_base + smm::TSEG_SIZE - 0x10000;
+    let cpus: heapless::Vec<(u32, u32), MAX_SLOTS> = present
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| (a, smm_handler::params::slot_smbase(top, i as u32)))
+        .collect();
+    smm::enable_tseg().unwrap_or_else(|e| fatal!("TSEG: {:?}", e));
+    smm::relocate_all(&cpus, bsp_apic).unwrap_or_else(|e| fatal!("SMBASE relocation: {:?}", e));
+    smm::verify_slots(&cpus, bsp_apic).unwrap_or_else(|e| fatal!("SMM check: {:?}", e));
+    smm::install_and_lock(default_smram, tseg_base).unwrap_or_else(|e| fatal!("SMRAM lock: {:?}", e));
+    log::info!(
+        "SMRAM locked: TSEG {:#x}+1 MiB, D_LCK set, default-SMBASE window {}",
+        tseg_base,
+        if default_smram { "locked" } else { "absent" }
+    );
+    log::info!(
+        "SMRAM used: handler {} bytes, per-CPU slot {} bytes, total {} bytes for {} slots",
+        layout.module_size,
+        layout.slot_bytes,
+        layout.total_bytes,
+        layout.slots
+    );
+
+    // coreboot tables and the payload.
+    let reserved = [
+        Range { start: 0, end: memmap::LOW_TABLE_END, kind: TABLE },
+        Range { start: memmap::SMBASE_WINDOW.0, end: memmap::SMBASE_WINDOW.1, kind: RESERVED },
+        Range { start: 0xA0000, end: 0x10_0000, kind: RESERVED },
+        Range { start: memmap::FIRMWARE_WINDOW.0, end: memmap::FIRMWARE_WINDOW.1, kind: RESERVED },
+        Range { start: tables_base, end: u64::from(tseg_base), kind: TABLE },
+        Range { start: u64::from(tseg_base), end: u64::from(tseg_base) + u64::from(smm::TSEG_SIZE), kind: RESERVED },
+    ];
+    let map = memmap::build(&ram, &reserved);
+    // SAFETY: the tables range and 0x500 are reserved for firmware tables above.
+    let table = unsafe { cbtables::write(tables_base, memmap::TABLES_SIZE as usize, &map) };
+
+    let entry = load_payload(&cfg, &map, tables_base);
+    mp::park_all();
+    log::info!("entering payload at {:#x} (coreboot tables at {:#x})", entry, table);
+    payload::enter(entry, table, PAYLOAD_STACK_TOP)
+}
+
+/// Load `opt/cbpayload` from fw_cfg when QEMU provides it, else the built-in payload.
+fn load_payload(cfg: &FwCfg<'_, HwPorts>, map: &memmap::Map, tables_base: u64) -> u32 {
+    if let Some(f) = cfg.find_file(PAYLOAD_FILE) {
+        let size = u64::from(f.size);
+        // Stage the ELF at the top of payload RAM, just below the coreboot tables.
+        let stage = (tables_base - size) & !0xFFF;
+        if size == 0 || !memmap::is_usable(map, stage, stage + size) {
+            fatal!("payload {} ({} bytes) does not fit in RAM", PAYLOAD_FILE, size);
+        }
+        // SAFETY: the staging range is RAM the memory map gives the payload, unused yet.
+        let buf = unsafe { core::slice::from_raw_parts_mut(stage as *mut u8, size as usize) };
+        cfg.read_file(f, buf).unwrap_or_else(|e| fatal!("reading {}: {:?}", PAYLOAD_FILE, e));
+        log::info!("payload: fw_cfg {} ({} bytes)", PAYLOAD_FILE, size);
+        payload::load(buf, map, (stage, stage + size))
+            .unwrap_or_else(|e| fatal!("payload {} does not load: {:?}", PAYLOAD_FILE, e))
+    } else {
+        let elf = romfs::find("payload").unwrap_or_else(|| fatal!("no payload: ROM has none and fw_cfg has no {}", PAYLOAD_FILE));
+        log::info!("payload: built-in ({} bytes)", elf.len());
+        let base = elf.as_ptr() as u64;
+        payload::load(elf, map, (base, base + elf.len() as u64))
+            .unwrap_or_else(|e| fatal!("built-in payload does not load: {:?}", e))
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    fatal!("panic: {}", info)
+}

@@ -1,1 +1,138 @@
+//! The checker payload. It plays the operating system: it runs after the firmware locked
+//! SMM, uses only RAM the coreboot memory map gives it, and checks from outside SMM that
+//! the SMM setup holds. One final line says `RESULT: PASS` or `RESULT: FAIL <reason>`,
+//! then QEMU exits through isa-debug-exit (iobase 0xf4): status 33 = pass, 35 = fail.
 #![no_std]
+
+extern crate fw_rt;
+
+pub mod cbtables;
+pub mod console;
+mod cpus;
+mod entry;
+mod smram;
+
+use q35::fw_cfg::{self, FwCfg};
+use q35::io::{HwPorts, PortIo};
+
+const DEBUG_EXIT_PORT: u16 = 0xF4;
+const EXIT_PASS: u8 = 0x10;
+const EXIT_FAIL: u8 = 0x11;
+
+/// Collects check outcomes; the first failure becomes the RESULT reason.
+pub struct Report {
+    failed: Option<&'static str>,
+    count: u32,
+}
+
+impl Report {
+    pub fn check(&mut self, name: &'static str, ok: bool, detail: core::fmt::Arguments) {
+        self.count += 1;
+        println!("CHECK {}: {} {}", name, if ok { "PASS" } else { "FAIL" }, detail);
+        if !ok && self.failed.is_none() {
+            self.failed = Some(name);
+        }
+    }
+}
+
+fn finish(r: &Report) -> ! {
+    match r.failed {
+        None => {
+            println!("RESULT: PASS ({} checks)", r.count);
+            HwPorts.outb(DEBUG_EXIT_PORT, EXIT_PASS);
+        }
+        Some(why) => {
+            println!("RESULT: FAIL {}", why);
+            HwPorts.outb(DEBUG_EXIT_PORT, EXIT_FAIL);
+        }
+    }
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+fn feature_list(f: u64) -> &'static str {
+    match f & 7 {
+        0 => "none",
+        1 => "broadcast",
+        3 => "broadcast cpu-hotplug",
+        7 => "broadcast cpu-hotplug cpu-hot-unplug",
+        _ => "inconsistent",
+    }
+}
+
+#[no_mangle]
+extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
+    println!("payload: entered (coreboot tables at {:#x})", table_ptr);
+    let mut r = Report { failed: None, count: 0 };
+
+    let tables = match cbtables::parse(u64::from(table_ptr)) {
+        Ok(t) => t,
+        Err(e) => {
+            r.check("coreboot-tables", false, format_args!("{}", e));
+            finish(&r)
+        }
+    };
+    println!("payload: coreboot tables at {:#x}, serial {:?}", tables.base, tables.serial_port);
+    for m in &tables.memory[..tables.memory_len] {
+        let kind = match m.kind {
+            1 => "RAM",
+            2 => "reserved",
+            16 => "table",
+            _ => "other",
+        };
+        println!("payload: memory {:#011x}-{:#011x} {}", m.start, m.start + m.size - 1, kind);
+    }
+    let reserved = |a: u64, b: u64| {
+        tables.memory[..tables.memory_len]
+            .iter()
+            .any(|m| m.kind != 1 && m.start <= a && b <= m.start + m.size)
+    };
+    r.check(
+        "memmap-reserves-smbase-window",
+        reserved(0x30000, 0x51000),
+        format_args!("0x30000-0x50fff (default-SMBASE SMRAM + pen) not RAM"),
+    );
+
+    let ports = HwPorts;
+    match FwCfg::detect(&ports) {
+        Ok(cfg) => match fw_cfg::read_smi_features(&cfg) {
+            Some((sup, req, ok)) => {
+                let missing = sup & 7 & !req;
+                r.check(
+                    "smi-features",
+                    ok == 1 && req & fw_cfg::SMI_FEATURE_BROADCAST != 0,
+                    format_args!(
+                        "supported={:#x} requested={:#x} features-ok={} negotiated: {}; not negotiated: {}",
+                        sup,
+                        req,
+                        ok,
+                        feature_list(req),
+                        if missing == 0 { "none" } else { feature_list(missing | 1).trim_start_matches("broadcast ") }
+                    ),
+                );
+            }
+            None => r.check("smi-features", false, format_args!("fw_cfg has no SMI feature files")),
+        },
+        Err(e) => r.check("fw_cfg", false, format_args!("{:?}", e)),
+    }
+
+    smram::check(&mut r, &tables);
+    cpus::check(&mut r, &tables);
+    finish(&r)
+}
+
+#[no_mangle]
+extern "sysv64" fn payload_ap_main(index: u32) -> ! {
+    cpus::ap_main(index)
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!("RESULT: FAIL payload panic: {}", info);
+    HwPorts.outb(DEBUG_EXIT_PORT, EXIT_FAIL);
+    loop {
+        x86_64::instructions::hlt();
+    }
+}

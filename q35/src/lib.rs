@@ -12,6 +12,7 @@ pub mod io;
 pub mod lapic;
 pub mod mch;
 pub mod pci;
+pub mod pmtimer;
 pub mod serial;
 
 pub use io::PortIo;

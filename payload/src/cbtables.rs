@@ -1,0 +1,91 @@
+//! Reading the coreboot tables the firmware handed over.
+
+pub const TAG_MEMORY: u32 = 0x0001;
+pub const TAG_SERIAL: u32 = 0x000F;
+pub const TAG_FORWARD: u32 = 0x0011;
+
+#[derive(Clone, Copy, Debug)]
+pub struct MemRange {
+    pub start: u64,
+    pub size: u64,
+    pub kind: u32,
+}
+
+pub struct Tables {
+    pub base: u64,
+    pub memory: [MemRange; 32],
+    pub memory_len: usize,
+    pub serial_port: Option<u32>,
+}
+
+fn rd32(addr: u64) -> u32 {
+    // SAFETY: callers only read inside a table whose header was validated.
+    unsafe { core::ptr::read_unaligned(addr as *const u32) }
+}
+
+fn checksum(addr: u64, len: u64) -> u32 {
+    let mut sum: u32 = 0;
+    for i in 0..len {
+        // SAFETY: within the validated table.
+        let b = u32::from(unsafe { core::ptr::read_volatile((addr + i) as *const u8) });
+        sum += if i & 1 == 1 { b << 8 } else { b };
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    (!sum) & 0xFFFF
+}
+
+/// Parse the table at `ptr`, following one forward record.
+pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
+    for _ in 0..2 {
+        if ptr == 0 || ptr > 0xFFFF_0000 {
+            return Err("no coreboot table pointer");
+        }
+        if rd32(ptr) != u32::from_le_bytes(*b"LBIO") {
+            return Err("no LBIO signature");
+        }
+        let (hdr, tbytes, tsum, n) = (rd32(ptr + 4), rd32(ptr + 12), rd32(ptr + 16), rd32(ptr + 20));
+        if hdr != 24 || checksum(ptr, 24) != 0 && checksum(ptr, 24) != 0xFFFF {
+            return Err("bad header checksum");
+        }
+        if checksum(ptr + 24, u64::from(tbytes)) != tsum {
+            return Err("bad table checksum");
+        }
+        let mut t = Tables {
+            base: ptr,
+            memory: [MemRange { start: 0, size: 0, kind: 0 }; 32],
+            memory_len: 0,
+            serial_port: None,
+        };
+        let mut rec = ptr + 24;
+        let mut forward = None;
+        for _ in 0..n.min(256) {
+            let (tag, size) = (rd32(rec), rd32(rec + 4));
+            if size < 8 {
+                return Err("bad record size");
+            }
+            match tag {
+                TAG_FORWARD => forward = Some(u64::from(rd32(rec + 8)) | u64::from(rd32(rec + 12)) << 32),
+                TAG_MEMORY => {
+                    let count = ((size - 8) / 20).min(32) as usize;
+                    for i in 0..count {
+                        let e = rec + 8 + 20 * i as u64;
+                        t.memory[i] = MemRange {
+                            start: u64::from(rd32(e)) | u64::from(rd32(e + 4)) << 32,
+                            size: u64::from(rd32(e + 8)) | u64::from(rd32(e + 12)) << 32,
+                            kind: rd32(e + 16),
+                        };
+                    }
+                    t.memory_len = count;
+                }
+                TAG_SERIAL => t.serial_port = Some(rd32(rec + 12)),
+                _ => {}
+            }
+            rec += u64::from(size);
+        }
+        match forward {
+            Some(f) => ptr = f,
+            None => return Ok(t),
+        }
+    }
+    Err("forward loop")
+}

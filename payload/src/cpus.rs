@@ -1,0 +1,147 @@
+//! CPU checks in the OS role: start every present AP with INIT-SIPI-SIPI into the
+//! payload's own trampoline, have each CPU raise an SMI and learn which slot served it,
+//! and require one distinct slot (and SMBASE inside TSEG) per CPU. Every wait is
+//! bounded: a CPU that never answers is reported, not waited out.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::cbtables::Tables;
+use crate::entry::{self, MAX_CPUS};
+use crate::{println, Report};
+use q35::cpuhp::CpuHp;
+use q35::io::HwPorts;
+use q35::lapic;
+use q35::pmtimer::PmTimer;
+
+struct Ap {
+    apic: AtomicU32,
+    slot: AtomicU64,
+    count: AtomicU64,
+    done: AtomicU32,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const AP_INIT: Ap = Ap {
+    apic: AtomicU32::new(u32::MAX),
+    slot: AtomicU64::new(0),
+    count: AtomicU64::new(0),
+    done: AtomicU32::new(0),
+};
+static APS: [Ap; MAX_CPUS] = [AP_INIT; MAX_CPUS];
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
+pub fn ap_main(index: u32) -> ! {
+    if let Some(me) = APS.get(index as usize) {
+        lapic::enable();
+        me.apic.store(lapic::cpuid_apic_id(), Ordering::SeqCst);
+        let (s, c) = smm_handler::diag::query().unwrap_or((u64::MAX, 0));
+        me.slot.store(s, Ordering::SeqCst);
+        me.count.store(c, Ordering::SeqCst);
+        me.done.store(1, Ordering::SeqCst);
+        STARTED.fetch_add(1, Ordering::SeqCst);
+    }
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+fn timer() -> PmTimer<'static, HwPorts> {
+    let base = q35::ich9::pmbase(&HwPorts).unwrap_or(q35::ich9::PMBASE);
+    PmTimer::new(&HwPorts, base)
+}
+
+pub fn check(r: &mut Report, t: &Tables) {
+    let ports = HwPorts;
+    // The trampoline page must be RAM the firmware gave us.
+    let tp = u64::from(entry::AP_TRAMPOLINE);
+    let usable = t.memory[..t.memory_len]
+        .iter()
+        .any(|m| m.kind == 1 && m.start <= tp && tp + 0x1000 <= m.start + m.size);
+    if !usable {
+        r.check("ap-trampoline-page", false, format_args!("{:#x} is not usable RAM", tp));
+        return;
+    }
+    let code = entry::ap_trampoline();
+    // SAFETY: the page is usable RAM per the memory map and nothing else of ours uses it.
+    unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), tp as *mut u8, code.len()) };
+
+    let hp = CpuHp::new(&ports);
+    let topo = match hp.count() {
+        Ok(t) => t,
+        Err(e) => {
+            r.check("cpu-count", false, format_args!("{:?}", e));
+            return;
+        }
+    };
+    println!("payload: cpus present={} possible={}", topo.present, topo.possible);
+    lapic::enable();
+    let bsp = lapic::cpuid_apic_id();
+    let tm = timer();
+    let mut expected = 0u32;
+    for sel in 0..topo.possible {
+        let (Some(true), Some(apic)) = (topo.present_mask.get(sel as usize).copied(), topo.apic_id(sel)) else {
+            continue;
+        };
+        if apic == bsp {
+            continue;
+        }
+        expected += 1;
+        let vec = entry::AP_TRAMPOLINE >> 12;
+        let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok() && {
+            tm.delay_us(10_000);
+            lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
+        } && {
+            tm.delay_us(200);
+            lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
+        };
+        if !ok {
+            println!("payload: INIT-SIPI-SIPI to APIC {} failed", apic);
+        }
+    }
+    let all = tm.wait_until(3_000_000, || STARTED.load(Ordering::SeqCst) >= expected);
+    let started = STARTED.load(Ordering::SeqCst);
+    r.check(
+        "aps-started",
+        all,
+        format_args!("{} of {} APs ran payload code after INIT-SIPI-SIPI", started, expected),
+    );
+
+    // The BSP's own SMI, then each AP's answer.
+    let mut seen: heapless::Vec<(u32, u32, u32, u64), MAX_CPUS> = heapless::Vec::new();
+    let b = smm_handler::diag::query();
+    let _ = seen.push(match b {
+        Some((s, c)) => (bsp, s as u32, (s >> 32) as u32, c),
+        None => (bsp, u32::MAX, 0, 0),
+    });
+    for ap in APS.iter().skip(1) {
+        if ap.done.load(Ordering::SeqCst) == 1 {
+            let s = ap.slot.load(Ordering::SeqCst);
+            let _ = seen.push((
+                ap.apic.load(Ordering::SeqCst),
+                if s == u64::MAX { u32::MAX } else { s as u32 },
+                (s >> 32) as u32,
+                ap.count.load(Ordering::SeqCst),
+            ));
+        }
+    }
+    let mut all_ok = true;
+    for (i, &(apic, slot, smbase, count)) in seen.iter().enumerate() {
+        let distinct = seen.iter().enumerate().all(|(j, o)| j == i || (o.1 != slot && o.2 != smbase));
+        let ok = slot != u32::MAX && count > 0 && distinct && smbase >= 0x100000;
+        all_ok &= ok;
+        println!(
+            "CPU apic={} slot={} smbase={:#x} smi-entries={} smi={}",
+            apic,
+            slot as i64,
+            smbase,
+            count,
+            if ok { "ok" } else { "FAIL" }
+        );
+    }
+    r.check(
+        "cpu-smi-slots",
+        all_ok && seen.len() as u32 == topo.present,
+        format_args!("{} of {} present CPUs took an SMI at their own SMBASE and came back", seen.len(), topo.present),
+    );
+}

@@ -1,0 +1,159 @@
+//! 32-bit entry (coreboot's calling convention: table pointer at [esp+4]) → own GDT and
+//! page tables → long mode → `payload_main`. APs started by the payload come through a
+//! real-mode trampoline and join the same path.
+
+/// SIPI page for the payload's APs (usable RAM below 1 MiB in the coreboot memory map).
+pub const AP_TRAMPOLINE: u32 = 0x8000;
+pub const AP_STACK_SIZE: usize = 16 * 1024;
+pub const MAX_CPUS: usize = 64;
+
+core::arch::global_asm!(
+    r#"
+    .section .text.entry32, "ax"
+    .code32
+    .global payload_entry32
+payload_entry32:
+    cli
+    cld
+    movl 4(%esp), %ebx                /* coreboot tables */
+    lgdtl payload_gdt_desc
+    ljmpl $0x08, $1f
+1:  movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+    movl %ebx, payload_table_ptr
+    /* Identity map 4 GiB with 2 MiB pages in .bss (zeroed by the loader). */
+    movl $payload_pt, %edi
+    leal 0x1003(%edi), %eax
+    movl %eax, (%edi)
+    leal 0x1000(%edi), %edx
+    leal 0x2003(%edi), %eax
+    movl $4, %ecx
+2:  movl %eax, (%edx)
+    addl $0x1000, %eax
+    addl $8, %edx
+    loop 2b
+    leal 0x2000(%edi), %edx
+    movl $0x83, %eax
+    xorl %esi, %esi
+    movl $2048, %ecx
+3:  movl %eax, (%edx)
+    movl %esi, 4(%edx)
+    addl $0x200000, %eax
+    adcl $0, %esi
+    addl $8, %edx
+    loop 3b
+    .global payload_long_mode32
+payload_long_mode32:
+    movl $0x620, %eax                 /* PAE | OSFXSR | OSXMMEXCPT */
+    movl %eax, %cr4
+    movl $payload_pt, %eax
+    movl %eax, %cr3
+    movl $0xC0000080, %ecx
+    rdmsr
+    orl $0x100, %eax
+    wrmsr
+    movl %cr0, %eax
+    andl $0x9FFFFFFB, %eax
+    orl $0x80000003, %eax
+    movl %eax, %cr0
+    ljmpl $0x18, $payload_entry64
+
+    .code64
+payload_entry64:
+    movl $1, %eax
+    lock xaddl %eax, payload_cpu_count(%rip)
+    testl %eax, %eax
+    jnz 5f
+    leaq payload_bsp_stack_top(%rip), %rsp
+    movl payload_table_ptr(%rip), %edi
+    call payload_main
+4:  cli
+    hlt
+    jmp 4b
+5:  cmpl ${max}, %eax
+    jae 4b
+    movl %eax, %edi
+    movl %eax, %ecx
+    imulq ${stack}, %rcx
+    leaq payload_ap_stacks(%rip), %rsp
+    addq %rcx, %rsp
+    call payload_ap_main
+    jmp 4b
+
+    .section .rodata.payload_gdt, "a"
+    .balign 16
+    .global payload_gdt
+payload_gdt:
+    .quad 0
+    .quad 0x00CF9A000000FFFF
+    .quad 0x00CF92000000FFFF
+    .quad 0x00AF9A000000FFFF
+payload_gdt_desc:
+    .word 31
+    .long payload_gdt
+
+    .section .rodata.payload_ap_trampoline, "a"
+    .code16
+    .global payload_ap_trampoline_start
+payload_ap_trampoline_start:
+    cli
+    cld
+    lgdtl %cs:(6f - payload_ap_trampoline_start)
+    movl %cr0, %eax
+    orl $1, %eax
+    movl %eax, %cr0
+    ljmpl $0x08, $({tramp} + 7f - payload_ap_trampoline_start)
+    .code32
+7:  movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movl $payload_long_mode32, %eax
+    jmp *%eax
+    .balign 4
+6:  .word 31
+    .long payload_gdt
+    .global payload_ap_trampoline_end
+payload_ap_trampoline_end:
+    .code64
+
+    .section .data.payload_vars, "aw"
+    .balign 8
+    .global payload_table_ptr
+payload_table_ptr: .long 0
+    .global payload_cpu_count
+payload_cpu_count: .long 0
+
+    .section .bss.payload_pt, "aw", @nobits
+    .balign 4096
+payload_pt: .skip 6 * 4096
+    .balign 16
+    .skip 65536
+payload_bsp_stack_top:
+    .global payload_ap_stacks
+payload_ap_stacks: .skip {stack} * {max}
+"#,
+    max = const MAX_CPUS,
+    stack = const AP_STACK_SIZE,
+    tramp = const AP_TRAMPOLINE,
+    options(att_syntax)
+);
+
+extern "C" {
+    static payload_ap_trampoline_start: u8;
+    static payload_ap_trampoline_end: u8;
+}
+
+/// The AP trampoline blob (to be copied to `AP_TRAMPOLINE`).
+pub fn ap_trampoline() -> &'static [u8] {
+    // SAFETY: the two symbols bracket one blob in .rodata.
+    unsafe {
+        let s = &payload_ap_trampoline_start as *const u8;
+        let e = &payload_ap_trampoline_end as *const u8;
+        core::slice::from_raw_parts(s, e as usize - s as usize)
+    }
+}

@@ -1,0 +1,81 @@
+//! SMRAM checks from outside SMM: D_LCK set and sticky, TSEG and the default-SMBASE
+//! window read all-ones and drop writes.
+
+use crate::cbtables::Tables;
+use crate::Report;
+use q35::io::HwPorts;
+use q35::mch::{self, Mch};
+
+fn probe(addr: u64) -> (u32, u32) {
+    // SAFETY: physical addresses the firmware reserved; from outside SMM the MCH routes
+    // them to a blackhole when SMRAM is locked. Writing is the point of the check: a
+    // write that lands would be visible in the second read.
+    unsafe {
+        let p = addr as *mut u32;
+        let before = core::ptr::read_volatile(p);
+        core::ptr::write_volatile(p, 0x1234_5678);
+        (before, core::ptr::read_volatile(p))
+    }
+}
+
+pub fn check(r: &mut Report, _t: &Tables) {
+    let m = Mch::new(&HwPorts);
+    let s = m.smramc();
+    m.set_smramc(mch::SMRAMC_D_OPEN | mch::SMRAMC_G_SMRAME | mch::SMRAMC_C_BASE_SEG);
+    let after = m.smramc();
+    r.check(
+        "smram-d_lck",
+        s & mch::SMRAMC_D_LCK != 0 && after == s && after & mch::SMRAMC_D_OPEN == 0,
+        format_args!("SMRAMC {:#04x}, after writing D_OPEN without D_LCK {:#04x}", s, after),
+    );
+    let e = m.esmramc();
+    m.set_esmramc(0);
+    let e2 = m.esmramc();
+    let tseg = m.tseg_size();
+    r.check(
+        "tseg-enabled-and-locked",
+        tseg.is_some() && e2 == e,
+        format_args!("ESMRAMC {:#04x}, after writing 0 {:#04x}, TSEG {:?} bytes", e, e2, tseg),
+    );
+
+    // TSEG sits at the top of RAM below 4 GiB (QEMU: below_4g_mem_size - size).
+    let low_top = q35::fw_cfg::FwCfg::detect(&HwPorts)
+        .ok()
+        .and_then(|cfg| {
+            let f = cfg.find_file("etc/e820")?;
+            let mut b = [0u8; 320];
+            let n = (f.size as usize).min(320);
+            cfg.read_file(f, &mut b[..n]).ok()?;
+            b[..n]
+                .chunks_exact(20)
+                .filter(|e| e[16] == 1)
+                .map(|e| {
+                    let a = u64::from_le_bytes(e[0..8].try_into().unwrap_or([0; 8]));
+                    a + u64::from_le_bytes(e[8..16].try_into().unwrap_or([0; 8]))
+                })
+                .filter(|&end| end <= 0x1_0000_0000)
+                .max()
+        })
+        .unwrap_or(0);
+    if let (Some(size), true) = (tseg, low_top > 0) {
+        let base = low_top - u64::from(size);
+        let probes = [base, base + 0x8000, base + u64::from(size) - 4];
+        let ok = probes.iter().all(|&a| probe(a) == (0xFFFF_FFFF, 0xFFFF_FFFF));
+        r.check(
+            "tseg-unreadable",
+            ok,
+            format_args!("TSEG {:#x}-{:#x} reads all-ones and drops writes", base, base + u64::from(size) - 1),
+        );
+    } else {
+        r.check("tseg-unreadable", false, format_args!("cannot locate TSEG"));
+    }
+
+    let locked = m.raw_default_smbase_smram();
+    let probes = [0x30000u64, 0x38000, 0x3FF00, 0x4FFFC];
+    let ok = probes.iter().all(|&a| probe(a) == (0xFFFF_FFFF, 0xFFFF_FFFF));
+    r.check(
+        "default-smbase-smram-locked",
+        locked == mch::SMBASE_SMRAM_LOCK && ok,
+        format_args!("MCH 0x9C = {:#04x}; 0x30000-0x4ffff reads all-ones and drops writes: {}", locked, ok),
+    );
+}

@@ -1,0 +1,60 @@
+//! Delays and bounded waits on the ACPI PM timer (3.579545 MHz, 24 bits, wraps).
+
+use crate::ich9::{pm_timer, PM_TIMER_HZ};
+use crate::io::PortIo;
+
+pub struct PmTimer<'a, P: PortIo> {
+    ports: &'a P,
+    pmbase: u16,
+}
+
+/// Ticks since `start`, accumulating 24-bit wraps; valid while polled more often than
+/// every 4.6 s.
+pub struct Stopwatch {
+    last: u32,
+    elapsed: u64,
+}
+
+impl<'a, P: PortIo> PmTimer<'a, P> {
+    pub const fn new(ports: &'a P, pmbase: u16) -> Self {
+        Self { ports, pmbase }
+    }
+
+    pub fn now(&self) -> u32 {
+        pm_timer(self.ports, self.pmbase)
+    }
+
+    pub fn start(&self) -> Stopwatch {
+        Stopwatch { last: self.now(), elapsed: 0 }
+    }
+
+    pub fn elapsed_ticks(&self, sw: &mut Stopwatch) -> u64 {
+        let t = self.now();
+        sw.elapsed += u64::from(t.wrapping_sub(sw.last) & 0x00FF_FFFF);
+        sw.last = t;
+        sw.elapsed
+    }
+
+    pub fn elapsed_us(&self, sw: &mut Stopwatch) -> u64 {
+        self.elapsed_ticks(sw) * 1_000_000 / u64::from(PM_TIMER_HZ)
+    }
+
+    pub fn delay_us(&self, us: u64) {
+        let _ = self.wait_until(us, || false);
+    }
+
+    /// Poll `cond` until it holds or `us` microseconds pass; returns the last verdict.
+    pub fn wait_until(&self, us: u64, mut cond: impl FnMut() -> bool) -> bool {
+        let mut sw = self.start();
+        let end = us * u64::from(PM_TIMER_HZ) / 1_000_000;
+        loop {
+            if cond() {
+                return true;
+            }
+            if self.elapsed_ticks(&mut sw) >= end {
+                return cond();
+            }
+            core::hint::spin_loop();
+        }
+    }
+}

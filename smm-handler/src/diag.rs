@@ -1,0 +1,63 @@
+//! Read-only diagnostic query: a CPU asks SMM which slot served its SMI.
+//!
+//! The caller writes [`APMC_DIAG_QUERY`] to port 0xB2 with `RAX = MAGIC << 32 | cmd`.
+//! With broadcast SMIs every CPU enters SMM, so each CPU answers only in its *own* save
+//! state, and only if that save state carries the magic: there is no "which CPU called"
+//! guess (spec ERRATA E12). The answer reveals the caller's own slot index, SMBASE and
+//! entry count, nothing the caller could use to change SMM; it writes nothing but the
+//! caller's own saved RAX/RSI/RDI.
+
+pub const APMC_DIAG_QUERY: u8 = 0x5A;
+pub const MAGIC: u32 = 0x534D_4D51; // "SMMQ"
+/// Saved RAX after SMM answered: magic in the high half, this in the low byte.
+pub const ANSWERED: u8 = 0xA5;
+
+pub const fn request_rax() -> u64 {
+    ((MAGIC as u64) << 32) | APMC_DIAG_QUERY as u64
+}
+
+/// Whether a saved RAX is a diagnostic request.
+pub const fn is_request(saved_rax: u64) -> bool {
+    saved_rax == request_rax()
+}
+
+/// `(RAX, RSI, RDI)` SMM writes back for `slot`, `smbase` and `count`.
+pub const fn answer(slot: u32, smbase: u32, count: u64) -> (u64, u64, u64) {
+    (
+        ((MAGIC as u64) << 32) | ANSWERED as u64,
+        ((smbase as u64) << 32) | slot as u64,
+        count,
+    )
+}
+
+/// Caller side: `(slot | smbase << 32, count)` if SMM answered.
+pub fn parse_answer(rax: u64, rsi: u64, rdi: u64) -> Option<(u64, u64)> {
+    if rax == ((MAGIC as u64) << 32) | ANSWERED as u64 {
+        Some((rsi, rdi))
+    } else {
+        None
+    }
+}
+
+/// Caller side: ask SMM which slot serves this CPU's SMIs. Returns
+/// `(slot | smbase << 32, entry count)`, or `None` if SMM did not answer (APMC SMIs off,
+/// or no handler that knows the query).
+pub fn query() -> Option<(u64, u64)> {
+    let (rax, rsi, rdi): (u64, u64, u64);
+    // SAFETY: writing the APMC port raises an SMI; SMM answers only by rewriting this
+    // CPU's saved RAX/RSI/RDI, all declared as outputs. `pause` ends the TCG translation
+    // block so the SMI is taken before the registers are read.
+    unsafe {
+        core::arch::asm!(
+            "out dx, al",
+            "pause",
+            "pause",
+            inout("rax") request_rax() => rax,
+            inout("rsi") 0u64 => rsi,
+            inout("rdi") 0u64 => rdi,
+            in("dx") q35::ich9::APM_CNT,
+            options(nostack)
+        );
+    }
+    parse_answer(rax, rsi, rdi)
+}
