@@ -1,0 +1,71 @@
+//! A small QMP client over a unix socket: greeting, capabilities, commands with
+//! replies, and asynchronous events kept for the caller.
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub struct Qmp {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    pub events: Vec<Value>,
+}
+
+impl Qmp {
+    /// Connect (retrying until QEMU has created the socket) and leave negotiation mode.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Qmp, String> {
+        let end = Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(path) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > end => return Err(format!("QMP connect {}: {e}", path.display())),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        let writer = stream.try_clone().map_err(|e| e.to_string())?;
+        let mut q = Qmp { reader: BufReader::new(stream), writer, events: Vec::new() };
+        let greeting = q.read()?;
+        if greeting.get("QMP").is_none() {
+            return Err(format!("unexpected QMP greeting {greeting}"));
+        }
+        q.execute("qmp_capabilities", json!({}))?;
+        Ok(q)
+    }
+
+    fn read(&mut self) -> Result<Value, String> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).map_err(|e| format!("QMP read: {e}"))?;
+        if n == 0 {
+            return Err("QMP connection closed".into());
+        }
+        serde_json::from_str(&line).map_err(|e| format!("QMP parse {line:?}: {e}"))
+    }
+
+    /// Run a command; `Ok(return value)` or `Err(QEMU's error description)`.
+    pub fn execute(&mut self, cmd: &str, args: Value) -> Result<Value, String> {
+        let msg = json!({"execute": cmd, "arguments": args});
+        writeln!(self.writer, "{msg}").map_err(|e| format!("QMP write: {e}"))?;
+        loop {
+            let v = self.read()?;
+            if v.get("event").is_some() {
+                self.events.push(v);
+                continue;
+            }
+            if let Some(r) = v.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(e) = v.get("error") {
+                return Err(e.get("desc").and_then(Value::as_str).unwrap_or("unknown QMP error").to_string());
+            }
+        }
+    }
+
+    /// HMP command through QMP (e.g. `info registers -a`).
+    pub fn hmp(&mut self, line: &str) -> Result<String, String> {
+        let r = self.execute("human-monitor-command", json!({"command-line": line}))?;
+        Ok(r.as_str().unwrap_or("").to_string())
+    }
+}

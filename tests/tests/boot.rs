@@ -1,0 +1,188 @@
+//! Boot the host ROM in QEMU q35 (smm=on, TCG) and check the payload's report.
+
+use qemu_tests::*;
+use serde_json::json;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+
+fn boot_pass(smp: &str, present: usize, possible: usize) -> Outcome {
+    let o = boot(&VmConfig::new(smp), T);
+    o.assert_pass();
+    assert!(
+        o.output.contains(&format!("payload: cpus present={present} possible={possible}")),
+        "{}",
+        o.output
+    );
+    let cpus = lines_with(&o.output, "CPU apic=");
+    assert_eq!(cpus.len(), present, "{}", o.output);
+    assert!(cpus.iter().all(|l| l.ends_with("smi=ok")), "{}", o.output);
+    let mut slots: Vec<&str> = cpus.iter().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), present, "each CPU needs its own slot: {}", o.output);
+    assert!(o.output.contains("SMRAM locked"), "{}", o.output);
+    o
+}
+
+#[test]
+fn one_cpu_of_eight_possible_boots_to_pass() {
+    let o = boot_pass("1,maxcpus=8", 1, 8);
+    assert!(o.output.contains("for 8 slots"), "SMM slots for every possible CPU: {}", o.output);
+}
+
+#[test]
+fn two_cpus_of_four_possible_boot_to_pass() {
+    let o = boot_pass("2,maxcpus=4", 2, 4);
+    assert!(o.output.contains("for 4 slots"), "{}", o.output);
+}
+
+#[test]
+fn four_cpus_all_present_boot_to_pass() {
+    boot_pass("4", 4, 4);
+}
+
+#[test]
+fn topology_with_apic_id_holes_boots_to_pass() {
+    // 2 sockets x 3 cores: APIC IDs 0,1,2,4,5,6.
+    let o = boot_pass("2,maxcpus=6,sockets=2,cores=3", 2, 6);
+    assert!(o.output.contains("APIC-ID limit 7"), "{}", o.output);
+}
+
+#[test]
+fn all_smi_features_are_negotiated_and_qemu_agrees() {
+    let cfg = VmConfig::new("2,maxcpus=4").with_qmp().arg("-fw_cfg").arg("name=opt/payload/stay,string=1");
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for("RESULT:", T).unwrap();
+    let out = vm.output();
+    assert!(out.contains("RESULT: PASS"), "{out}");
+    assert!(out.contains("granted (broadcast cpu-hotplug cpu-hot-unplug)"), "{out}");
+    let q = vm.qmp.as_mut().unwrap();
+    let path = find_device(q, "ICH9-LPC").expect("ICH9-LPC in the QOM tree");
+    let f = q
+        .execute("qom-get", json!({"path": path, "property": "x-smi-negotiated-features"}))
+        .unwrap();
+    assert_eq!(f.as_u64(), Some(7), "QEMU's view of the negotiated features");
+}
+
+/// QOM path of the first device of `type_name` under /machine (depth-first, bounded).
+fn find_device(q: &mut qmp::Qmp, type_name: &str) -> Option<String> {
+    let mut stack = vec!["/machine".to_string()];
+    let mut visited = 0;
+    while let Some(p) = stack.pop() {
+        visited += 1;
+        if visited > 2000 {
+            return None;
+        }
+        let Ok(list) = q.execute("qom-list", json!({"path": p})) else { continue };
+        for e in list.as_array().into_iter().flatten() {
+            let (Some(name), Some(ty)) = (e["name"].as_str(), e["type"].as_str()) else { continue };
+            if ty == format!("child<{type_name}>") {
+                return Some(format!("{p}/{name}"));
+            }
+            if ty.starts_with("child<") {
+                stack.push(format!("{p}/{name}"));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn boot_without_qemu_hotplug_features_still_locks_smm_and_says_what_is_missing() {
+    let cfg = VmConfig::new("1,maxcpus=4")
+        .arg("-global")
+        .arg("ICH9-LPC.x-smi-cpu-hotplug=off")
+        .arg("-global")
+        .arg("ICH9-LPC.x-smi-cpu-hotunplug=off");
+    let o = boot(&cfg, T);
+    o.assert_pass();
+    assert!(o.output.contains("supported 0x1, wanted 0x7, requested 0x1, granted (broadcast)"), "{}", o.output);
+    assert!(o.output.contains("CPU hotplug with SMM not negotiated"), "{}", o.output);
+    assert!(o.output.contains("not negotiated: cpu-hotplug cpu-hot-unplug"), "{}", o.output);
+    assert!(o.output.contains("CHECK smram-d_lck: PASS"), "{}", o.output);
+    assert!(o.output.contains("CHECK default-smbase-smram-locked: PASS"), "{}", o.output);
+}
+
+#[test]
+fn more_possible_cpus_than_smm_slots_turns_hotplug_off_but_boots() {
+    let o = boot(&VmConfig::new("2,maxcpus=80"), T);
+    o.assert_pass();
+    assert!(o.output.contains("80 possible CPUs exceed 64 SMM slots: CPU hotplug not offered"), "{}", o.output);
+    assert!(o.output.contains("granted (broadcast)"), "{}", o.output);
+}
+
+#[test]
+fn a_payload_that_is_not_an_elf_stops_the_boot_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.elf");
+    std::fs::write(&bad, b"this is not an ELF file").unwrap();
+    let cfg = VmConfig::new("1").arg("-fw_cfg").arg(&format!("name=opt/cbpayload,file={}", bad.display()));
+    let o = boot(&cfg, T);
+    assert_eq!(o.code(), Some(EXIT_FIRMWARE_FATAL), "{}", o.output);
+    assert!(o.output.contains("payload opt/cbpayload does not load: NotElf"), "{}", o.output);
+    assert!(!o.output.contains("payload: entered"), "{}", o.output);
+}
+
+#[test]
+fn a_payload_that_loads_over_firmware_memory_is_refused() {
+    // A valid ELF header whose one segment targets the firmware window (0x100000).
+    let mut elf = vec![0u8; 64 + 56 + 16];
+    elf[0..4].copy_from_slice(b"\x7fELF");
+    elf[4] = 2;
+    elf[5] = 1;
+    elf[6] = 1;
+    elf[16..18].copy_from_slice(&2u16.to_le_bytes());
+    elf[18..20].copy_from_slice(&62u16.to_le_bytes());
+    elf[24..32].copy_from_slice(&0x100000u64.to_le_bytes());
+    elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+    elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+    elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let ph = 64;
+    elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
+    elf[ph + 8..ph + 16].copy_from_slice(&120u64.to_le_bytes());
+    elf[ph + 24..ph + 32].copy_from_slice(&0x100000u64.to_le_bytes());
+    elf[ph + 32..ph + 40].copy_from_slice(&16u64.to_le_bytes());
+    elf[ph + 40..ph + 48].copy_from_slice(&16u64.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("overlap.elf");
+    std::fs::write(&p, &elf).unwrap();
+    let cfg = VmConfig::new("1").arg("-fw_cfg").arg(&format!("name=opt/cbpayload,file={}", p.display()));
+    let o = boot(&cfg, T);
+    assert_eq!(o.code(), Some(EXIT_FIRMWARE_FATAL), "{}", o.output);
+    assert!(o.output.contains("SegmentNotInRam"), "{}", o.output);
+}
+
+#[test]
+fn the_payload_elf_loads_from_fw_cfg_like_a_coreboot_payload() {
+    let (_, payload) = images();
+    let cfg = VmConfig::new("2").arg("-fw_cfg").arg(&format!("name=opt/cbpayload,file={}", payload.display()));
+    let o = boot(&cfg, T);
+    o.assert_pass();
+    assert!(o.output.contains("payload: fw_cfg opt/cbpayload"), "{}", o.output);
+}
+
+#[test]
+fn an_old_machine_type_without_smi_negotiation_is_reported() {
+    // pc-q35-2.8 predates SMI feature negotiation (2.9) and SMRAM at default SMBASE (5.0).
+    let o = boot(&VmConfig::new("1").arg("-machine").arg("pc-q35-2.8,smm=on"), T);
+    assert!(o.output.contains("QEMU offers no negotiation"), "{}", o.output);
+    assert!(o.output.contains("no SMRAM at default SMBASE"), "{}", o.output);
+    assert_eq!(o.code(), Some(EXIT_FAIL), "{}", o.output);
+    assert!(o.output.contains("CHECK smi-features: FAIL"), "{}", o.output);
+}
+
+#[test]
+fn a_missing_qemu_binary_gets_a_clear_error() {
+    let e = check_qemu(std::path::Path::new("/nonexistent/qemu-system-x86_64")).unwrap_err();
+    assert!(e.contains("QEMU not found") && e.contains("apt-get install -y qemu-system-x86"), "{e}");
+}
+
+#[test]
+fn too_little_ram_stops_the_boot_with_a_clear_error() {
+    let mut cfg = VmConfig::new("1");
+    cfg.mem_mb = 48;
+    let o = boot(&cfg, T);
+    assert_eq!(o.code(), Some(EXIT_FIRMWARE_FATAL), "{}", o.output);
+    assert!(o.output.contains("needs at least 64 MiB"), "{}", o.output);
+}
