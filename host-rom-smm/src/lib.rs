@@ -11,8 +11,8 @@
 use core::ptr::{addr_of, read_volatile, write_volatile};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use q35::io::{HwPorts, PortIo};
 use q35::ich9::APM_CNT;
+use q35::io::{HwPorts, PortIo};
 use q35::serial::{Serial, COM1};
 use smm_handler::diag;
 use smm_handler::params::{SmmParams, MAX_SLOTS, PARAMS_MAGIC, STACK_CANARY};
@@ -65,10 +65,9 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     if p.magic != PARAMS_MAGIC || slot >= p.num_slots {
         return;
     }
-    let (Some(&smbase), Some(count)) = (
-        p.slot_smbase.get(slot as usize),
-        ENTRIES.get(slot as usize),
-    ) else {
+    let (Some(&smbase), Some(count)) =
+        (p.slot_smbase.get(slot as usize), ENTRIES.get(slot as usize))
+    else {
         return;
     };
     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
@@ -99,9 +98,8 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
 }
 
 fn dispatch(apmc: u8) {
-    match apmc {
-        smm_handler::APMC_CPU_HOTPLUG => smm_handler::cpu_hotplug_smi(&console()),
-        _ => {}
+    if apmc == smm_handler::APMC_CPU_HOTPLUG {
+        smm_handler::cpu_hotplug_smi(&console());
     }
 }
 

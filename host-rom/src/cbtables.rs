@@ -13,7 +13,11 @@ const FORWARD_ADDR: u64 = 0x500;
 pub fn ip_checksum(data: &[u8]) -> u32 {
     let mut sum: u32 = 0;
     for (i, &b) in data.iter().enumerate() {
-        let v = if i & 1 == 1 { u32::from(b) << 8 } else { u32::from(b) };
+        let v = if i & 1 == 1 {
+            u32::from(b) << 8
+        } else {
+            u32::from(b)
+        };
         sum += v;
         sum = (sum & 0xFFFF) + (sum >> 16);
     }
@@ -60,7 +64,11 @@ pub unsafe fn write(base: u64, size: usize, map: &Map) -> u64 {
     // SAFETY: the caller owns the range.
     let buf = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, size) };
     buf.fill(0);
-    let mut w = Writer { buf: &mut buf[HEADER_BYTES..], len: 0, entries: 0 };
+    let mut w = Writer {
+        buf: &mut buf[HEADER_BYTES..],
+        len: 0,
+        entries: 0,
+    };
 
     w.u32(TAG_MEMORY);
     w.u32(8 + 20 * map.len() as u32);
@@ -85,9 +93,14 @@ pub unsafe fn write(base: u64, size: usize, map: &Map) -> u64 {
     finish_header(buf, len, entries);
 
     // SAFETY: the caller owns the low-memory forward area.
-    let fwd = unsafe { core::slice::from_raw_parts_mut(FORWARD_ADDR as *mut u8, HEADER_BYTES + 16) };
+    let fwd =
+        unsafe { core::slice::from_raw_parts_mut(FORWARD_ADDR as *mut u8, HEADER_BYTES + 16) };
     fwd.fill(0);
-    let mut w = Writer { buf: &mut fwd[HEADER_BYTES..], len: 0, entries: 0 };
+    let mut w = Writer {
+        buf: &mut fwd[HEADER_BYTES..],
+        len: 0,
+        entries: 0,
+    };
     w.u32(TAG_FORWARD);
     w.u32(16);
     w.u64(base);

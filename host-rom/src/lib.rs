@@ -72,7 +72,10 @@ extern "C" fn rom_main() -> ! {
     let pci = PciConfig::new(&ports);
     match (pci.ids(MCH), pci.ids(LPC)) {
         (Some((0x8086, 0x29C0)), Some((0x8086, 0x2918))) => {}
-        other => fatal!("not a q35 machine (MCH/LPC ids {:x?}); run with -machine q35,smm=on", other),
+        other => fatal!(
+            "not a q35 machine (MCH/LPC ids {:x?}); run with -machine q35,smm=on",
+            other
+        ),
     }
     ich9::enable_pmbase(&ports, ich9::PMBASE);
 
@@ -93,14 +96,23 @@ extern "C" fn rom_main() -> ! {
     let ram = match cfg.find_file("etc/e820") {
         Some(f) => {
             let n = (f.size as usize).min(e820.len());
-            cfg.read_file(f, &mut e820[..n]).unwrap_or_else(|e| fatal!("etc/e820: {:?}", e));
+            cfg.read_file(f, &mut e820[..n])
+                .unwrap_or_else(|e| fatal!("etc/e820: {:?}", e));
             memmap::ram_from_e820(&e820[..n])
         }
         None => fatal!("fw_cfg has no etc/e820"),
     };
-    let low_top = ram.iter().filter(|r| r.0 < 0x1_0000_0000).map(|r| r.1).max().unwrap_or(0);
+    let low_top = ram
+        .iter()
+        .filter(|r| r.0 < 0x1_0000_0000)
+        .map(|r| r.1)
+        .max()
+        .unwrap_or(0);
     if low_top < 0x400_0000 {
-        fatal!("{} MiB of RAM below 4 GiB; the host ROM needs at least 64 MiB (-m)", low_top >> 20);
+        fatal!(
+            "{} MiB of RAM below 4 GiB; the host ROM needs at least 64 MiB (-m)",
+            low_top >> 20
+        );
     }
     let tseg_base = (low_top - u64::from(smm::TSEG_SIZE)) as u32;
     let tables_base = u64::from(tseg_base) - memmap::TABLES_SIZE;
@@ -110,7 +122,10 @@ extern "C" fn rom_main() -> ! {
     let modern = hp.switch_to_modern();
     let topo = match modern.and_then(|_| hp.count()) {
         Ok(t) => t,
-        Err(e) => fatal!("CPU hotplug register block: {:?} (needs QEMU >= 2.7 with a working modern interface)", e),
+        Err(e) => fatal!(
+            "CPU hotplug register block: {:?} (needs QEMU >= 2.7 with a working modern interface)",
+            e
+        ),
     };
     let nb_cpus = cfg.read_key_u16(fw_cfg::KEY_NB_CPUS);
     log::info!(
@@ -121,7 +136,11 @@ extern "C" fn rom_main() -> ! {
         cfg.read_key_u16(fw_cfg::KEY_MAX_CPUS)
     );
     if topo.possible as usize > MAX_SLOTS && topo.present as usize > MAX_SLOTS {
-        fatal!("{} present CPUs; the host ROM lays out at most {} SMM slots", topo.present, MAX_SLOTS);
+        fatal!(
+            "{} present CPUs; the host ROM lays out at most {} SMM slots",
+            topo.present,
+            MAX_SLOTS
+        );
     }
 
     // Preconditions for negotiating CPU hotplug (spec 3.6 rule 5).
@@ -131,13 +150,22 @@ extern "C" fn rom_main() -> ! {
     let ids_fit = topo.max_apic_id() < 256;
     let hotplug_ok = default_smram && slots_for_all && ids_fit;
     if !default_smram {
-        log::warn!("no SMRAM at default SMBASE (MCH 0x9C, machine type < 5.0): CPU hotplug not offered");
+        log::warn!(
+            "no SMRAM at default SMBASE (MCH 0x9C, machine type < 5.0): CPU hotplug not offered"
+        );
     }
     if !slots_for_all {
-        log::warn!("{} possible CPUs exceed {} SMM slots: CPU hotplug not offered", topo.possible, MAX_SLOTS);
+        log::warn!(
+            "{} possible CPUs exceed {} SMM slots: CPU hotplug not offered",
+            topo.possible,
+            MAX_SLOTS
+        );
     }
     if !ids_fit {
-        log::warn!("APIC IDs up to {} do not fit xAPIC: CPU hotplug not offered", topo.max_apic_id());
+        log::warn!(
+            "APIC IDs up to {} do not fit xAPIC: CPU hotplug not offered",
+            topo.max_apic_id()
+        );
     }
     let wanted = fw_cfg::SMI_FEATURE_BROADCAST
         | if hotplug_ok {
@@ -146,7 +174,10 @@ extern "C" fn rom_main() -> ! {
             0
         };
     let granted = match fw_cfg::negotiate_smi_features(&cfg, wanted) {
-        Ok(Negotiation::Granted { supported, requested }) => {
+        Ok(Negotiation::Granted {
+            supported,
+            requested,
+        }) => {
             log::info!(
                 "SMI features: supported {:#x}, wanted {:#x}, requested {:#x}, granted ({})",
                 supported,
@@ -155,12 +186,16 @@ extern "C" fn rom_main() -> ! {
                 feature_names(requested)
             );
             if requested & fw_cfg::SMI_FEATURE_CPU_HOTPLUG == 0 {
-                log::warn!("CPU hotplug with SMM not negotiated: QEMU will refuse device_add of CPUs");
+                log::warn!(
+                    "CPU hotplug with SMM not negotiated: QEMU will refuse device_add of CPUs"
+                );
             }
             requested
         }
         Ok(Negotiation::Unsupported) => {
-            log::warn!("SMI features: QEMU offers no negotiation (< 2.9): no broadcast, no CPU hotplug");
+            log::warn!(
+                "SMI features: QEMU offers no negotiation (< 2.9): no broadcast, no CPU hotplug"
+            );
             0
         }
         Err(e) => fatal!("SMI feature negotiation failed: {:?}", e),
@@ -174,7 +209,11 @@ extern "C" fn rom_main() -> ! {
         .filter_map(|s| topo.apic_id(s))
         .collect();
     if !present.contains(&bsp_apic) {
-        fatal!("BSP APIC ID {} is not among the present CPUs {:?}", bsp_apic, present.as_slice());
+        fatal!(
+            "BSP APIC ID {} is not among the present CPUs {:?}",
+            bsp_apic,
+            present.as_slice()
+        );
     }
     match mp::start_aps(&present, bsp_apic) {
         Ok(n) => log::info!("{} AP(s) checked in", n),
@@ -209,7 +248,8 @@ extern "C" fn rom_main() -> ! {
     smm::enable_tseg().unwrap_or_else(|e| fatal!("TSEG: {:?}", e));
     smm::relocate_all(&cpus, bsp_apic).unwrap_or_else(|e| fatal!("SMBASE relocation: {:?}", e));
     smm::verify_slots(&cpus, bsp_apic).unwrap_or_else(|e| fatal!("SMM check: {:?}", e));
-    smm::install_and_lock(default_smram, tseg_base).unwrap_or_else(|e| fatal!("SMRAM lock: {:?}", e));
+    smm::install_and_lock(default_smram, tseg_base)
+        .unwrap_or_else(|e| fatal!("SMRAM lock: {:?}", e));
     log::info!(
         "SMRAM locked: TSEG {:#x}+1 MiB, D_LCK set, default-SMBASE window {}",
         tseg_base,
@@ -225,12 +265,36 @@ extern "C" fn rom_main() -> ! {
 
     // coreboot tables and the payload.
     let reserved = [
-        Range { start: 0, end: memmap::LOW_TABLE_END, kind: TABLE },
-        Range { start: memmap::SMBASE_WINDOW.0, end: memmap::SMBASE_WINDOW.1, kind: RESERVED },
-        Range { start: 0xA0000, end: 0x10_0000, kind: RESERVED },
-        Range { start: memmap::FIRMWARE_WINDOW.0, end: memmap::FIRMWARE_WINDOW.1, kind: RESERVED },
-        Range { start: tables_base, end: u64::from(tseg_base), kind: TABLE },
-        Range { start: u64::from(tseg_base), end: u64::from(tseg_base) + u64::from(smm::TSEG_SIZE), kind: RESERVED },
+        Range {
+            start: 0,
+            end: memmap::LOW_TABLE_END,
+            kind: TABLE,
+        },
+        Range {
+            start: memmap::SMBASE_WINDOW.0,
+            end: memmap::SMBASE_WINDOW.1,
+            kind: RESERVED,
+        },
+        Range {
+            start: 0xA0000,
+            end: 0x10_0000,
+            kind: RESERVED,
+        },
+        Range {
+            start: memmap::FIRMWARE_WINDOW.0,
+            end: memmap::FIRMWARE_WINDOW.1,
+            kind: RESERVED,
+        },
+        Range {
+            start: tables_base,
+            end: u64::from(tseg_base),
+            kind: TABLE,
+        },
+        Range {
+            start: u64::from(tseg_base),
+            end: u64::from(tseg_base) + u64::from(smm::TSEG_SIZE),
+            kind: RESERVED,
+        },
     ];
     let map = memmap::build(&ram, &reserved);
     // SAFETY: the tables range and 0x500 are reserved for firmware tables above.
@@ -238,7 +302,11 @@ extern "C" fn rom_main() -> ! {
 
     let entry = load_payload(&cfg, &map, tables_base);
     mp::park_all();
-    log::info!("entering payload at {:#x} (coreboot tables at {:#x})", entry, table);
+    log::info!(
+        "entering payload at {:#x} (coreboot tables at {:#x})",
+        entry,
+        table
+    );
     payload::enter(entry, table, PAYLOAD_STACK_TOP)
 }
 
@@ -249,16 +317,26 @@ fn load_payload(cfg: &FwCfg<'_, HwPorts>, map: &memmap::Map, tables_base: u64) -
         // Stage the ELF at the top of payload RAM, just below the coreboot tables.
         let stage = (tables_base - size) & !0xFFF;
         if size == 0 || !memmap::is_usable(map, stage, stage + size) {
-            fatal!("payload {} ({} bytes) does not fit in RAM", PAYLOAD_FILE, size);
+            fatal!(
+                "payload {} ({} bytes) does not fit in RAM",
+                PAYLOAD_FILE,
+                size
+            );
         }
         // SAFETY: the staging range is RAM the memory map gives the payload, unused yet.
         let buf = unsafe { core::slice::from_raw_parts_mut(stage as *mut u8, size as usize) };
-        cfg.read_file(f, buf).unwrap_or_else(|e| fatal!("reading {}: {:?}", PAYLOAD_FILE, e));
+        cfg.read_file(f, buf)
+            .unwrap_or_else(|e| fatal!("reading {}: {:?}", PAYLOAD_FILE, e));
         log::info!("payload: fw_cfg {} ({} bytes)", PAYLOAD_FILE, size);
         payload::load(buf, map, (stage, stage + size))
             .unwrap_or_else(|e| fatal!("payload {} does not load: {:?}", PAYLOAD_FILE, e))
     } else {
-        let elf = romfs::find("payload").unwrap_or_else(|| fatal!("no payload: ROM has none and fw_cfg has no {}", PAYLOAD_FILE));
+        let elf = romfs::find("payload").unwrap_or_else(|| {
+            fatal!(
+                "no payload: ROM has none and fw_cfg has no {}",
+                PAYLOAD_FILE
+            )
+        });
         log::info!("payload: built-in ({} bytes)", elf.len());
         let base = elf.as_ptr() as u64;
         payload::load(elf, map, (base, base + elf.len() as u64))

@@ -41,7 +41,9 @@ pub fn init(level: log::LevelFilter) {
 
 /// Parse a level name as given in the fw_cfg file `opt/host-rom/loglevel`.
 pub fn parse_level(s: &[u8]) -> Option<log::LevelFilter> {
-    let s = core::str::from_utf8(s).ok()?.trim_matches(|c: char| c.is_whitespace() || c == '\0');
+    let s = core::str::from_utf8(s)
+        .ok()?
+        .trim_matches(|c: char| c.is_whitespace() || c == '\0');
     Some(match s {
         "error" => log::LevelFilter::Error,
         "warn" => log::LevelFilter::Warn,

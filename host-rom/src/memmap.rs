@@ -47,13 +47,25 @@ pub fn build(ram: &[(u64, u64)], reserved: &[Range]) -> Map {
         let mut cur = rs;
         for r in reserved.iter().filter(|r| r.end > rs && r.start < re) {
             if r.start > cur {
-                let _ = out.push(Range { start: cur, end: r.start, kind: RAM });
+                let _ = out.push(Range {
+                    start: cur,
+                    end: r.start,
+                    kind: RAM,
+                });
             }
-            let _ = out.push(Range { start: r.start.max(rs), end: r.end.min(re), kind: r.kind });
+            let _ = out.push(Range {
+                start: r.start.max(rs),
+                end: r.end.min(re),
+                kind: r.kind,
+            });
             cur = cur.max(r.end);
         }
         if cur < re {
-            let _ = out.push(Range { start: cur, end: re, kind: RAM });
+            let _ = out.push(Range {
+                start: cur,
+                end: re,
+                kind: RAM,
+            });
         }
     }
     out
@@ -61,5 +73,6 @@ pub fn build(ram: &[(u64, u64)], reserved: &[Range]) -> Map {
 
 /// Whether `[start, end)` lies entirely inside one RAM range of `map`.
 pub fn is_usable(map: &Map, start: u64, end: u64) -> bool {
-    map.iter().any(|r| r.kind == RAM && r.start <= start && end <= r.end)
+    map.iter()
+        .any(|r| r.kind == RAM && r.start <= start && end <= r.end)
 }

@@ -28,7 +28,9 @@ struct Segment {
 
 fn le(b: &[u8], off: usize, n: usize) -> Result<u64, PayloadError> {
     let s = b.get(off..off + n).ok_or(PayloadError::Truncated)?;
-    Ok(s.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    Ok(s.iter()
+        .rev()
+        .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
 }
 
 /// Validate `elf` and copy its PT_LOAD segments into RAM. `image` is where the ELF itself
@@ -48,9 +50,19 @@ pub fn load(elf: &[u8], map: &Map, image: (u64, u64)) -> Result<u32, PayloadErro
         return Err(PayloadError::NotX86);
     }
     let (entry, phoff, phentsize, phnum) = if is64 {
-        (le(elf, 24, 8)?, le(elf, 32, 8)?, le(elf, 54, 2)?, le(elf, 56, 2)?)
+        (
+            le(elf, 24, 8)?,
+            le(elf, 32, 8)?,
+            le(elf, 54, 2)?,
+            le(elf, 56, 2)?,
+        )
     } else {
-        (le(elf, 24, 4)?, le(elf, 28, 4)?, le(elf, 42, 2)?, le(elf, 44, 2)?)
+        (
+            le(elf, 24, 4)?,
+            le(elf, 28, 4)?,
+            le(elf, 42, 2)?,
+            le(elf, 44, 2)?,
+        )
     };
     let mut segs: heapless::Vec<Segment, 16> = heapless::Vec::new();
     for i in 0..phnum {
@@ -76,14 +88,22 @@ pub fn load(elf: &[u8], map: &Map, image: (u64, u64)) -> Result<u32, PayloadErro
         if s.memsz == 0 {
             continue;
         }
-        let (start, end) = (s.paddr, s.paddr.checked_add(s.memsz).ok_or(PayloadError::Truncated)?);
+        let (start, end) = (
+            s.paddr,
+            s.paddr
+                .checked_add(s.memsz)
+                .ok_or(PayloadError::Truncated)?,
+        );
         if s.filesz > s.memsz || end > 0x1_0000_0000 || !memmap::is_usable(map, start, end) {
             return Err(PayloadError::SegmentNotInRam { start, end });
         }
         if start < image.1 && image.0 < end {
             return Err(PayloadError::SegmentOverlapsImage { start, end });
         }
-        if s.offset.checked_add(s.filesz).map_or(true, |e| e > elf.len() as u64) {
+        if s.offset
+            .checked_add(s.filesz)
+            .is_none_or(|e| e > elf.len() as u64)
+        {
             return Err(PayloadError::Truncated);
         }
         segs.push(s).map_err(|_| PayloadError::TooManySegments)?;
@@ -91,7 +111,10 @@ pub fn load(elf: &[u8], map: &Map, image: (u64, u64)) -> Result<u32, PayloadErro
     if segs.is_empty() {
         return Err(PayloadError::NoLoadSegments);
     }
-    if !segs.iter().any(|s| s.paddr <= entry && entry < s.paddr + s.memsz) {
+    if !segs
+        .iter()
+        .any(|s| s.paddr <= entry && entry < s.paddr + s.memsz)
+    {
         return Err(PayloadError::EntryOutsideSegments(entry));
     }
     for s in &segs {
@@ -100,7 +123,11 @@ pub fn load(elf: &[u8], map: &Map, image: (u64, u64)) -> Result<u32, PayloadErro
         // payload, below 4 GiB (identity mapped), and not overlapping the ELF image.
         unsafe {
             core::ptr::copy(src.as_ptr(), s.paddr as *mut u8, src.len());
-            core::ptr::write_bytes((s.paddr + s.filesz) as *mut u8, 0, (s.memsz - s.filesz) as usize);
+            core::ptr::write_bytes(
+                (s.paddr + s.filesz) as *mut u8,
+                0,
+                (s.memsz - s.filesz) as usize,
+            );
         }
     }
     Ok(entry as u32)

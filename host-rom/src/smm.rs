@@ -89,7 +89,13 @@ impl<'a> Rmod<'a> {
         {
             return Err(SmmError::BadModule("inconsistent header"));
         }
-        Ok(Self { image_size, image, entry, params, relocs })
+        Ok(Self {
+            image_size,
+            image,
+            entry,
+            params,
+            relocs,
+        })
     }
 }
 
@@ -133,9 +139,14 @@ pub unsafe fn load(
 
         // GDT: null, 32-bit code, data, 64-bit code (same selectors as the stub expects).
         let gdt = tseg(t, GDT_OFF) as *mut u64;
-        for (i, d) in [0, 0x00CF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF, 0x00AF_9A00_0000_FFFF]
-            .into_iter()
-            .enumerate()
+        for (i, d) in [
+            0,
+            0x00CF_9A00_0000_FFFF,
+            0x00CF_9200_0000_FFFF,
+            0x00AF_9A00_0000_FFFF,
+        ]
+        .into_iter()
+        .enumerate()
         {
             write_volatile(gdt.add(i), d);
         }
@@ -198,7 +209,10 @@ pub unsafe fn load(
             slots,
             module_size: module.image_size,
             slot_bytes: slot_bytes + SLOT_STACK_SIZE,
-            total_bytes: (TSEG_SIZE - (lowest - t)) + slots * SLOT_STACK_SIZE + MODULE_OFF + module.image_size,
+            total_bytes: (TSEG_SIZE - (lowest - t))
+                + slots * SLOT_STACK_SIZE
+                + MODULE_OFF
+                + module.image_size,
         })
     }
 }
@@ -256,7 +270,11 @@ pub fn relocate_all(cpus: &[(u32, u32)], bsp_apic: u32) -> Result<(), SmmError> 
 pub fn verify_slots(cpus: &[(u32, u32)], bsp_apic: u32) -> Result<(), SmmError> {
     let pmbase = ich9::PMBASE;
     let en = ich9::smi_en(&HwPorts, pmbase);
-    ich9::set_smi_en(&HwPorts, pmbase, en | ich9::SMI_EN_APMC | ich9::SMI_EN_GBL_SMI);
+    ich9::set_smi_en(
+        &HwPorts,
+        pmbase,
+        en | ich9::SMI_EN_APMC | ich9::SMI_EN_GBL_SMI,
+    );
     for (slot, &(apic, smbase)) in cpus.iter().enumerate() {
         let got = if apic == bsp_apic {
             smm_handler::diag::query()
@@ -275,9 +293,18 @@ pub fn verify_slots(cpus: &[(u32, u32)], bsp_apic: u32) -> Result<(), SmmError> 
         let (s, count) = got.ok_or(SmmError::QueryFailed { apic })?;
         let (gslot, gbase) = (s as u32, (s >> 32) as u32);
         if gslot as usize != slot || gbase != smbase || count == 0 {
-            return Err(SmmError::WrongSlot { apic, slot: gslot, smbase: gbase });
+            return Err(SmmError::WrongSlot {
+                apic,
+                slot: gslot,
+                smbase: gbase,
+            });
         }
-        log::info!("CPU APIC {}: SMI served by slot {} at SMBASE {:#x}", apic, gslot, gbase);
+        log::info!(
+            "CPU APIC {}: SMI served by slot {} at SMBASE {:#x}",
+            apic,
+            gslot,
+            gbase
+        );
     }
     Ok(())
 }
@@ -291,7 +318,9 @@ pub fn install_and_lock(default_smram: bool, tseg_base: u32) -> Result<(), SmmEr
         // reserved for this purpose.
         unsafe { smm_handler::first_smi::install(smm_handler::first_smi::PEN_BASE) };
         if !m.lock_default_smbase_smram() {
-            return Err(SmmError::DefaultSmramNotLocked(m.raw_default_smbase_smram()));
+            return Err(SmmError::DefaultSmramNotLocked(
+                m.raw_default_smbase_smram(),
+            ));
         }
         // SAFETY: reading ordinary physical addresses; after the lock they must read
         // all-ones from outside SMM.

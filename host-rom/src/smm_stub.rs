@@ -5,7 +5,6 @@
 //! reached through CS (whose base is the slot's SMBASE) in real mode and through EBX
 //! (the copy's absolute address) afterwards.
 
-
 /// Per-copy parameters (offsets from the stub start).
 pub const P_GDT: usize = 0x100; // u16 limit, u32 base
 pub const P_SELF: usize = 0x108; // u32 absolute address of this copy

@@ -43,7 +43,12 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
         if rd32(ptr) != u32::from_le_bytes(*b"LBIO") {
             return Err("no LBIO signature");
         }
-        let (hdr, tbytes, tsum, n) = (rd32(ptr + 4), rd32(ptr + 12), rd32(ptr + 16), rd32(ptr + 20));
+        let (hdr, tbytes, tsum, n) = (
+            rd32(ptr + 4),
+            rd32(ptr + 12),
+            rd32(ptr + 16),
+            rd32(ptr + 20),
+        );
         if hdr != 24 || checksum(ptr, 24) != 0 && checksum(ptr, 24) != 0xFFFF {
             return Err("bad header checksum");
         }
@@ -52,7 +57,11 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
         }
         let mut t = Tables {
             base: ptr,
-            memory: [MemRange { start: 0, size: 0, kind: 0 }; 32],
+            memory: [MemRange {
+                start: 0,
+                size: 0,
+                kind: 0,
+            }; 32],
             memory_len: 0,
             serial_port: None,
         };
@@ -64,7 +73,9 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
                 return Err("bad record size");
             }
             match tag {
-                TAG_FORWARD => forward = Some(u64::from(rd32(rec + 8)) | u64::from(rd32(rec + 12)) << 32),
+                TAG_FORWARD => {
+                    forward = Some(u64::from(rd32(rec + 8)) | u64::from(rd32(rec + 12)) << 32)
+                }
                 TAG_MEMORY => {
                     let count = ((size - 8) / 20).min(32) as usize;
                     for i in 0..count {

@@ -59,7 +59,11 @@ pub fn check(r: &mut Report, t: &Tables) {
         .iter()
         .any(|m| m.kind == 1 && m.start <= tp && tp + 0x1000 <= m.start + m.size);
     if !usable {
-        r.check("ap-trampoline-page", false, format_args!("{:#x} is not usable RAM", tp));
+        r.check(
+            "ap-trampoline-page",
+            false,
+            format_args!("{:#x} is not usable RAM", tp),
+        );
         return;
     }
     let code = entry::ap_trampoline();
@@ -74,13 +78,19 @@ pub fn check(r: &mut Report, t: &Tables) {
             return;
         }
     };
-    println!("payload: cpus present={} possible={}", topo.present, topo.possible);
+    println!(
+        "payload: cpus present={} possible={}",
+        topo.present, topo.possible
+    );
     lapic::enable();
     let bsp = lapic::cpuid_apic_id();
     let tm = timer();
     let mut expected = 0u32;
     for sel in 0..topo.possible {
-        let (Some(true), Some(apic)) = (topo.present_mask.get(sel as usize).copied(), topo.apic_id(sel)) else {
+        let (Some(true), Some(apic)) = (
+            topo.present_mask.get(sel as usize).copied(),
+            topo.apic_id(sel),
+        ) else {
             continue;
         };
         if apic == bsp {
@@ -88,13 +98,15 @@ pub fn check(r: &mut Report, t: &Tables) {
         }
         expected += 1;
         let vec = entry::AP_TRAMPOLINE >> 12;
-        let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok() && {
-            tm.delay_us(10_000);
-            lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
-        } && {
-            tm.delay_us(200);
-            lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
-        };
+        let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok()
+            && {
+                tm.delay_us(10_000);
+                lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
+            }
+            && {
+                tm.delay_us(200);
+                lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
+            };
         if !ok {
             println!("payload: INIT-SIPI-SIPI to APIC {} failed", apic);
         }
@@ -104,7 +116,10 @@ pub fn check(r: &mut Report, t: &Tables) {
     r.check(
         "aps-started",
         all,
-        format_args!("{} of {} APs ran payload code after INIT-SIPI-SIPI", started, expected),
+        format_args!(
+            "{} of {} APs ran payload code after INIT-SIPI-SIPI",
+            started, expected
+        ),
     );
 
     // The BSP's own SMI, then each AP's answer.
@@ -127,7 +142,10 @@ pub fn check(r: &mut Report, t: &Tables) {
     }
     let mut all_ok = true;
     for (i, &(apic, slot, smbase, count)) in seen.iter().enumerate() {
-        let distinct = seen.iter().enumerate().all(|(j, o)| j == i || (o.1 != slot && o.2 != smbase));
+        let distinct = seen
+            .iter()
+            .enumerate()
+            .all(|(j, o)| j == i || (o.1 != slot && o.2 != smbase));
         let ok = slot != u32::MAX && count > 0 && distinct && smbase >= 0x100000;
         all_ok &= ok;
         println!(
@@ -142,6 +160,10 @@ pub fn check(r: &mut Report, t: &Tables) {
     r.check(
         "cpu-smi-slots",
         all_ok && seen.len() as u32 == topo.present,
-        format_args!("{} of {} present CPUs took an SMI at their own SMBASE and came back", seen.len(), topo.present),
+        format_args!(
+            "{} of {} present CPUs took an SMI at their own SMBASE and came back",
+            seen.len(),
+            topo.present
+        ),
     );
 }

@@ -28,7 +28,12 @@ pub struct Report {
 impl Report {
     pub fn check(&mut self, name: &'static str, ok: bool, detail: core::fmt::Arguments) {
         self.count += 1;
-        println!("CHECK {}: {} {}", name, if ok { "PASS" } else { "FAIL" }, detail);
+        println!(
+            "CHECK {}: {} {}",
+            name,
+            if ok { "PASS" } else { "FAIL" },
+            detail
+        );
         if !ok && self.failed.is_none() {
             self.failed = Some(name);
         }
@@ -82,7 +87,10 @@ fn missing_list(f: u64) -> &'static str {
 #[no_mangle]
 extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
     println!("payload: entered (coreboot tables at {:#x})", table_ptr);
-    let mut r = Report { failed: None, count: 0 };
+    let mut r = Report {
+        failed: None,
+        count: 0,
+    };
 
     let tables = match cbtables::parse(u64::from(table_ptr)) {
         Ok(t) => t,
@@ -91,7 +99,10 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
             finish(&r)
         }
     };
-    println!("payload: coreboot tables at {:#x}, serial {:?}", tables.base, tables.serial_port);
+    println!(
+        "payload: coreboot tables at {:#x}, serial {:?}",
+        tables.base, tables.serial_port
+    );
     for m in &tables.memory[..tables.memory_len] {
         let kind = match m.kind {
             1 => "RAM",
@@ -99,7 +110,12 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
             16 => "table",
             _ => "other",
         };
-        println!("payload: memory {:#011x}-{:#011x} {}", m.start, m.start + m.size - 1, kind);
+        println!(
+            "payload: memory {:#011x}-{:#011x} {}",
+            m.start,
+            m.start + m.size - 1,
+            kind
+        );
     }
     let reserved = |a: u64, b: u64| {
         tables.memory[..tables.memory_len]
@@ -131,7 +147,11 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
                     ),
                 );
             }
-            None => r.check("smi-features", false, format_args!("fw_cfg has no SMI feature files")),
+            None => r.check(
+                "smi-features",
+                false,
+                format_args!("fw_cfg has no SMI feature files"),
+            ),
         },
         Err(e) => r.check("fw_cfg", false, format_args!("{:?}", e)),
     }

@@ -26,7 +26,10 @@ pub fn check(r: &mut Report, _t: &Tables) {
     r.check(
         "smram-d_lck",
         s & mch::SMRAMC_D_LCK != 0 && after == s && after & mch::SMRAMC_D_OPEN == 0,
-        format_args!("SMRAMC {:#04x}, after writing D_OPEN without D_LCK {:#04x}", s, after),
+        format_args!(
+            "SMRAMC {:#04x}, after writing D_OPEN without D_LCK {:#04x}",
+            s, after
+        ),
     );
     let e = m.esmramc();
     m.set_esmramc(0);
@@ -35,7 +38,10 @@ pub fn check(r: &mut Report, _t: &Tables) {
     r.check(
         "tseg-enabled-and-locked",
         tseg.is_some() && e2 == e,
-        format_args!("ESMRAMC {:#04x}, after writing 0 {:#04x}, TSEG {:?} bytes", e, e2, tseg),
+        format_args!(
+            "ESMRAMC {:#04x}, after writing 0 {:#04x}, TSEG {:?} bytes",
+            e, e2, tseg
+        ),
     );
 
     // TSEG sits at the top of RAM below 4 GiB (QEMU: below_4g_mem_size - size).
@@ -60,11 +66,17 @@ pub fn check(r: &mut Report, _t: &Tables) {
     if let (Some(size), true) = (tseg, low_top > 0) {
         let base = low_top - u64::from(size);
         let probes = [base, base + 0x8000, base + u64::from(size) - 4];
-        let ok = probes.iter().all(|&a| probe(a) == (0xFFFF_FFFF, 0xFFFF_FFFF));
+        let ok = probes
+            .iter()
+            .all(|&a| probe(a) == (0xFFFF_FFFF, 0xFFFF_FFFF));
         r.check(
             "tseg-unreadable",
             ok,
-            format_args!("TSEG {:#x}-{:#x} reads all-ones and drops writes", base, base + u64::from(size) - 1),
+            format_args!(
+                "TSEG {:#x}-{:#x} reads all-ones and drops writes",
+                base,
+                base + u64::from(size) - 1
+            ),
         );
     } else {
         r.check("tseg-unreadable", false, format_args!("cannot locate TSEG"));
@@ -72,10 +84,15 @@ pub fn check(r: &mut Report, _t: &Tables) {
 
     let locked = m.raw_default_smbase_smram();
     let probes = [0x30000u64, 0x38000, 0x3FF00, 0x4FFFC];
-    let ok = probes.iter().all(|&a| probe(a) == (0xFFFF_FFFF, 0xFFFF_FFFF));
+    let ok = probes
+        .iter()
+        .all(|&a| probe(a) == (0xFFFF_FFFF, 0xFFFF_FFFF));
     r.check(
         "default-smbase-smram-locked",
         locked == mch::SMBASE_SMRAM_LOCK && ok,
-        format_args!("MCH 0x9C = {:#04x}; 0x30000-0x4ffff reads all-ones and drops writes: {}", locked, ok),
+        format_args!(
+            "MCH 0x9C = {:#04x}; 0x30000-0x4ffff reads all-ones and drops writes: {}",
+            locked, ok
+        ),
     );
 }

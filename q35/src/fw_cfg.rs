@@ -134,7 +134,10 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
             let size = u32::from_be_bytes([entry[0], entry[1], entry[2], entry[3]]);
             let key = u16::from_be_bytes([entry[4], entry[5]]);
             let entry_name = &entry[8..8 + FILE_NAME_LEN];
-            let len = entry_name.iter().position(|&c| c == 0).unwrap_or(FILE_NAME_LEN);
+            let len = entry_name
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(FILE_NAME_LEN);
             if &entry_name[..len] == want {
                 return Some(FwCfgFile { key, size });
             }
@@ -155,7 +158,8 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
         };
         let desc_addr = &mut desc as *mut DmaAccess as u64;
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
-        self.ports.outl(PORT_DMA_HIGH, ((desc_addr >> 32) as u32).to_be());
+        self.ports
+            .outl(PORT_DMA_HIGH, ((desc_addr >> 32) as u32).to_be());
         self.ports.outl(PORT_DMA_LOW, (desc_addr as u32).to_be());
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
         // SAFETY: `desc` is a live local; QEMU wrote it behind the compiler's back, so read
@@ -252,9 +256,15 @@ pub fn negotiate_smi_features<P: PortIo>(
     let mut verdict = [0u8; 1];
     cfg.read_key(ok.key, &mut verdict);
     if verdict[0] != 1 {
-        return Err(NegotiationError::Refused { supported, requested });
+        return Err(NegotiationError::Refused {
+            supported,
+            requested,
+        });
     }
-    Ok(Negotiation::Granted { supported, requested })
+    Ok(Negotiation::Granted {
+        supported,
+        requested,
+    })
 }
 
 /// Read back what negotiation left behind: (supported, requested, features-ok).

@@ -36,7 +36,9 @@ pub struct Mch<'a, P: PortIo> {
 
 impl<'a, P: PortIo> Mch<'a, P> {
     pub fn new(ports: &'a P) -> Self {
-        Self { pci: PciConfig::new(ports) }
+        Self {
+            pci: PciConfig::new(ports),
+        }
     }
 
     pub fn smramc(&self) -> u8 {

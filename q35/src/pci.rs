@@ -14,9 +14,17 @@ pub struct Bdf {
 }
 
 /// The q35 host bridge / memory controller hub (B0:D0:F0).
-pub const MCH: Bdf = Bdf { bus: 0, dev: 0, func: 0 };
+pub const MCH: Bdf = Bdf {
+    bus: 0,
+    dev: 0,
+    func: 0,
+};
 /// The ICH9 LPC bridge (B0:D31:F0): PMBASE, ACPI decode, CPU hotplug.
-pub const LPC: Bdf = Bdf { bus: 0, dev: 31, func: 0 };
+pub const LPC: Bdf = Bdf {
+    bus: 0,
+    dev: 31,
+    func: 0,
+};
 
 impl Bdf {
     /// The 0xCF8 value for dword-aligned `offset`: bit 31 enable, 23:16 bus,

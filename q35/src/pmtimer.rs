@@ -25,7 +25,10 @@ impl<'a, P: PortIo> PmTimer<'a, P> {
     }
 
     pub fn start(&self) -> Stopwatch {
-        Stopwatch { last: self.now(), elapsed: 0 }
+        Stopwatch {
+            last: self.now(),
+            elapsed: 0,
+        }
     }
 
     pub fn elapsed_ticks(&self, sw: &mut Stopwatch) -> u64 {

@@ -53,7 +53,11 @@ impl<'a, P: PortIo> Serial<'a, P> {
         while i > 0 {
             i -= 1;
             let nib = ((v >> (i * 4)) & 0xF) as u8;
-            self.write_byte(if nib < 10 { b'0' + nib } else { b'a' + nib - 10 });
+            self.write_byte(if nib < 10 {
+                b'0' + nib
+            } else {
+                b'a' + nib - 10
+            });
         }
     }
 

@@ -195,7 +195,12 @@ pub fn handler_code() -> &'static [u8] {
 /// The assembled post-SMM pen, to be copied to the pen page.
 pub fn pen_code() -> &'static [u8] {
     // SAFETY: as for `handler_code`.
-    unsafe { blob(&post_smm_pen_start as *const u8, &post_smm_pen_end as *const u8) }
+    unsafe {
+        blob(
+            &post_smm_pen_start as *const u8,
+            &post_smm_pen_end as *const u8,
+        )
+    }
 }
 
 /// Install the context (gate closed, round 0, nothing arrived), the handler and the pen.

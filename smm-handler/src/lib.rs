@@ -21,5 +21,7 @@ pub const APMC_CPU_HOTPLUG: u8 = 0x04;
 /// gate closed: a hot-added CPU that takes the broadcast SMI waits at the gate in locked
 /// SMRAM (safe, never running OS code in SMM). Relocating it is the CPU hot-add work.
 pub fn cpu_hotplug_smi<P: PortIo>(console: &Serial<'_, P>) {
-    console.write_bytes(b"[SMM WARN] APMC 4: CPU hot-add relocation is not in this build; new CPUs stay gated\n");
+    console.write_bytes(
+        b"[SMM WARN] APMC 4: CPU hot-add relocation is not in this build; new CPUs stay gated\n",
+    );
 }

@@ -24,12 +24,17 @@ pub const EXIT_FAIL: i32 = 35;
 pub const EXIT_FIRMWARE_FATAL: i32 = 37;
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 /// The QEMU binary, checked to run; a clear error when it is missing.
 pub fn qemu_binary() -> Result<PathBuf, String> {
-    let bin = std::env::var_os("QEMU").map(PathBuf::from).unwrap_or_else(|| "qemu-system-x86_64".into());
+    let bin = std::env::var_os("QEMU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "qemu-system-x86_64".into());
     check_qemu(&bin)?;
     Ok(bin)
 }
@@ -55,7 +60,9 @@ static IMAGES: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
 pub fn images() -> (PathBuf, PathBuf) {
     let r = IMAGES.get_or_init(|| {
         let root = workspace_root();
-        let payload = std::env::var_os("PAYLOAD_ELF").map(PathBuf::from).unwrap_or(root.join("build/payload.elf"));
+        let payload = std::env::var_os("PAYLOAD_ELF")
+            .map(PathBuf::from)
+            .unwrap_or(root.join("build/payload.elf"));
         if let Some(rom) = std::env::var_os("HOST_ROM") {
             return Ok((PathBuf::from(rom), payload));
         }
@@ -91,7 +98,13 @@ pub struct VmConfig {
 
 impl VmConfig {
     pub fn new(smp: &str) -> Self {
-        Self { smp: smp.into(), mem_mb: 256, extra: Vec::new(), qmp: false, bios: None }
+        Self {
+            smp: smp.into(),
+            mem_mb: 256,
+            extra: Vec::new(),
+            qmp: false,
+            bios: None,
+        }
     }
 
     pub fn arg(mut self, a: &str) -> Self {
@@ -157,24 +170,47 @@ impl Vm {
         let serial = dir.path().join("serial.log");
         let stderr_path = dir.path().join("stderr.log");
         let mut cmd = Command::new(&qemu);
-        cmd.args(["-machine", "q35,smm=on", "-accel", "tcg", "-display", "none", "-no-reboot"])
-            .args(["-m", &cfg.mem_mb.to_string(), "-smp", &cfg.smp])
-            .arg("-bios")
-            .arg(&bios)
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-monitor", "none"])
-            .args(&cfg.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?);
+        cmd.args([
+            "-machine",
+            "q35,smm=on",
+            "-accel",
+            "tcg",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .args(["-m", &cfg.mem_mb.to_string(), "-smp", &cfg.smp])
+        .arg("-bios")
+        .arg(&bios)
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .args([
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-monitor",
+            "none",
+        ])
+        .args(&cfg.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?);
         let qmp_path = dir.path().join("qmp.sock");
         if cfg.qmp {
-            cmd.arg("-qmp").arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
         }
-        let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", qemu.display()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", qemu.display()))?;
         let started = Instant::now();
-        let mut vm = Vm { child, serial, qmp: None, started, _dir: dir, stderr_path };
+        let mut vm = Vm {
+            child,
+            serial,
+            qmp: None,
+            started,
+            _dir: dir,
+            stderr_path,
+        };
         if cfg.qmp {
             vm.qmp = Some(qmp::Qmp::connect(&qmp_path, Duration::from_secs(10))?);
         }
@@ -203,10 +239,17 @@ impl Vm {
                 return Ok(self.started.elapsed());
             }
             if let Ok(Some(st)) = self.child.try_wait() {
-                return Err(format!("QEMU exited ({st}) before printing {needle:?}\n{}\n{}", self.output(), self.stderr()));
+                return Err(format!(
+                    "QEMU exited ({st}) before printing {needle:?}\n{}\n{}",
+                    self.output(),
+                    self.stderr()
+                ));
             }
             if Instant::now() > end {
-                return Err(format!("timed out after {timeout:?} waiting for {needle:?}\n{}", self.output()));
+                return Err(format!(
+                    "timed out after {timeout:?} waiting for {needle:?}\n{}",
+                    self.output()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -20,13 +20,21 @@ impl Qmp {
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(s) => break s,
-                Err(e) if Instant::now() > end => return Err(format!("QMP connect {}: {e}", path.display())),
+                Err(e) if Instant::now() > end => {
+                    return Err(format!("QMP connect {}: {e}", path.display()))
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
-        stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        let mut q = Qmp { reader: BufReader::new(stream), writer, events: Vec::new() };
+        let mut q = Qmp {
+            reader: BufReader::new(stream),
+            writer,
+            events: Vec::new(),
+        };
         let greeting = q.read()?;
         if greeting.get("QMP").is_none() {
             return Err(format!("unexpected QMP greeting {greeting}"));
@@ -37,7 +45,10 @@ impl Qmp {
 
     fn read(&mut self) -> Result<Value, String> {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).map_err(|e| format!("QMP read: {e}"))?;
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|e| format!("QMP read: {e}"))?;
         if n == 0 {
             return Err("QMP connection closed".into());
         }
@@ -58,7 +69,11 @@ impl Qmp {
                 return Ok(r.clone());
             }
             if let Some(e) = v.get("error") {
-                return Err(e.get("desc").and_then(Value::as_str).unwrap_or("unknown QMP error").to_string());
+                return Err(e
+                    .get("desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown QMP error")
+                    .to_string());
             }
         }
     }

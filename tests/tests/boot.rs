@@ -10,17 +10,27 @@ fn boot_pass(smp: &str, present: usize, possible: usize) -> Outcome {
     let o = boot(&VmConfig::new(smp), T);
     o.assert_pass();
     assert!(
-        o.output.contains(&format!("payload: cpus present={present} possible={possible}")),
+        o.output.contains(&format!(
+            "payload: cpus present={present} possible={possible}"
+        )),
         "{}",
         o.output
     );
     let cpus = lines_with(&o.output, "CPU apic=");
     assert_eq!(cpus.len(), present, "{}", o.output);
     assert!(cpus.iter().all(|l| l.ends_with("smi=ok")), "{}", o.output);
-    let mut slots: Vec<&str> = cpus.iter().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    let mut slots: Vec<&str> = cpus
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(2))
+        .collect();
     slots.sort();
     slots.dedup();
-    assert_eq!(slots.len(), present, "each CPU needs its own slot: {}", o.output);
+    assert_eq!(
+        slots.len(),
+        present,
+        "each CPU needs its own slot: {}",
+        o.output
+    );
     assert!(o.output.contains("SMRAM locked"), "{}", o.output);
     o
 }
@@ -28,7 +38,11 @@ fn boot_pass(smp: &str, present: usize, possible: usize) -> Outcome {
 #[test]
 fn one_cpu_of_eight_possible_boots_to_pass() {
     let o = boot_pass("1,maxcpus=8", 1, 8);
-    assert!(o.output.contains("for 8 slots"), "SMM slots for every possible CPU: {}", o.output);
+    assert!(
+        o.output.contains("for 8 slots"),
+        "SMM slots for every possible CPU: {}",
+        o.output
+    );
 }
 
 #[test]
@@ -51,18 +65,31 @@ fn topology_with_apic_id_holes_boots_to_pass() {
 
 #[test]
 fn all_smi_features_are_negotiated_and_qemu_agrees() {
-    let cfg = VmConfig::new("2,maxcpus=4").with_qmp().arg("-fw_cfg").arg("name=opt/payload/stay,string=1");
+    let cfg = VmConfig::new("2,maxcpus=4")
+        .with_qmp()
+        .arg("-fw_cfg")
+        .arg("name=opt/payload/stay,string=1");
     let mut vm = Vm::start(&cfg).unwrap();
     vm.wait_for("RESULT:", T).unwrap();
     let out = vm.output();
     assert!(out.contains("RESULT: PASS"), "{out}");
-    assert!(out.contains("granted (broadcast cpu-hotplug cpu-hot-unplug)"), "{out}");
+    assert!(
+        out.contains("granted (broadcast cpu-hotplug cpu-hot-unplug)"),
+        "{out}"
+    );
     let q = vm.qmp.as_mut().unwrap();
     let path = find_device(q, "ICH9-LPC").expect("ICH9-LPC in the QOM tree");
     let f = q
-        .execute("qom-get", json!({"path": path, "property": "x-smi-negotiated-features"}))
+        .execute(
+            "qom-get",
+            json!({"path": path, "property": "x-smi-negotiated-features"}),
+        )
         .unwrap();
-    assert_eq!(f.as_u64(), Some(7), "QEMU's view of the negotiated features");
+    assert_eq!(
+        f.as_u64(),
+        Some(7),
+        "QEMU's view of the negotiated features"
+    );
 }
 
 /// QOM path of the first device of `type_name` under /machine (depth-first, bounded).
@@ -74,9 +101,13 @@ fn find_device(q: &mut qmp::Qmp, type_name: &str) -> Option<String> {
         if visited > 2000 {
             return None;
         }
-        let Ok(list) = q.execute("qom-list", json!({"path": p})) else { continue };
+        let Ok(list) = q.execute("qom-list", json!({"path": p})) else {
+            continue;
+        };
         for e in list.as_array().into_iter().flatten() {
-            let (Some(name), Some(ty)) = (e["name"].as_str(), e["type"].as_str()) else { continue };
+            let (Some(name), Some(ty)) = (e["name"].as_str(), e["type"].as_str()) else {
+                continue;
+            };
             if ty == format!("child<{type_name}>") {
                 return Some(format!("{p}/{name}"));
             }
@@ -97,18 +128,41 @@ fn boot_without_qemu_hotplug_features_still_locks_smm_and_says_what_is_missing()
         .arg("ICH9-LPC.x-smi-cpu-hotunplug=off");
     let o = boot(&cfg, T);
     o.assert_pass();
-    assert!(o.output.contains("supported 0x1, wanted 0x7, requested 0x1, granted (broadcast)"), "{}", o.output);
-    assert!(o.output.contains("CPU hotplug with SMM not negotiated"), "{}", o.output);
-    assert!(o.output.contains("not negotiated: cpu-hotplug cpu-hot-unplug"), "{}", o.output);
+    assert!(
+        o.output
+            .contains("supported 0x1, wanted 0x7, requested 0x1, granted (broadcast)"),
+        "{}",
+        o.output
+    );
+    assert!(
+        o.output.contains("CPU hotplug with SMM not negotiated"),
+        "{}",
+        o.output
+    );
+    assert!(
+        o.output
+            .contains("not negotiated: cpu-hotplug cpu-hot-unplug"),
+        "{}",
+        o.output
+    );
     assert!(o.output.contains("CHECK smram-d_lck: PASS"), "{}", o.output);
-    assert!(o.output.contains("CHECK default-smbase-smram-locked: PASS"), "{}", o.output);
+    assert!(
+        o.output.contains("CHECK default-smbase-smram-locked: PASS"),
+        "{}",
+        o.output
+    );
 }
 
 #[test]
 fn more_possible_cpus_than_smm_slots_turns_hotplug_off_but_boots() {
     let o = boot(&VmConfig::new("2,maxcpus=80"), T);
     o.assert_pass();
-    assert!(o.output.contains("80 possible CPUs exceed 64 SMM slots: CPU hotplug not offered"), "{}", o.output);
+    assert!(
+        o.output
+            .contains("80 possible CPUs exceed 64 SMM slots: CPU hotplug not offered"),
+        "{}",
+        o.output
+    );
     assert!(o.output.contains("granted (broadcast)"), "{}", o.output);
 }
 
@@ -117,10 +171,17 @@ fn a_payload_that_is_not_an_elf_stops_the_boot_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.elf");
     std::fs::write(&bad, b"this is not an ELF file").unwrap();
-    let cfg = VmConfig::new("1").arg("-fw_cfg").arg(&format!("name=opt/cbpayload,file={}", bad.display()));
+    let cfg = VmConfig::new("1")
+        .arg("-fw_cfg")
+        .arg(&format!("name=opt/cbpayload,file={}", bad.display()));
     let o = boot(&cfg, T);
     assert_eq!(o.code(), Some(EXIT_FIRMWARE_FATAL), "{}", o.output);
-    assert!(o.output.contains("payload opt/cbpayload does not load: NotElf"), "{}", o.output);
+    assert!(
+        o.output
+            .contains("payload opt/cbpayload does not load: NotElf"),
+        "{}",
+        o.output
+    );
     assert!(!o.output.contains("payload: entered"), "{}", o.output);
 }
 
@@ -147,7 +208,9 @@ fn a_payload_that_loads_over_firmware_memory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("overlap.elf");
     std::fs::write(&p, &elf).unwrap();
-    let cfg = VmConfig::new("1").arg("-fw_cfg").arg(&format!("name=opt/cbpayload,file={}", p.display()));
+    let cfg = VmConfig::new("1")
+        .arg("-fw_cfg")
+        .arg(&format!("name=opt/cbpayload,file={}", p.display()));
     let o = boot(&cfg, T);
     assert_eq!(o.code(), Some(EXIT_FIRMWARE_FATAL), "{}", o.output);
     assert!(o.output.contains("SegmentNotInRam"), "{}", o.output);
@@ -156,26 +219,50 @@ fn a_payload_that_loads_over_firmware_memory_is_refused() {
 #[test]
 fn the_payload_elf_loads_from_fw_cfg_like_a_coreboot_payload() {
     let (_, payload) = images();
-    let cfg = VmConfig::new("2").arg("-fw_cfg").arg(&format!("name=opt/cbpayload,file={}", payload.display()));
+    let cfg = VmConfig::new("2")
+        .arg("-fw_cfg")
+        .arg(&format!("name=opt/cbpayload,file={}", payload.display()));
     let o = boot(&cfg, T);
     o.assert_pass();
-    assert!(o.output.contains("payload: fw_cfg opt/cbpayload"), "{}", o.output);
+    assert!(
+        o.output.contains("payload: fw_cfg opt/cbpayload"),
+        "{}",
+        o.output
+    );
 }
 
 #[test]
 fn an_old_machine_type_without_smi_negotiation_is_reported() {
     // pc-q35-2.8 predates SMI feature negotiation (2.9) and SMRAM at default SMBASE (5.0).
-    let o = boot(&VmConfig::new("1").arg("-machine").arg("pc-q35-2.8,smm=on"), T);
-    assert!(o.output.contains("QEMU offers no negotiation"), "{}", o.output);
-    assert!(o.output.contains("no SMRAM at default SMBASE"), "{}", o.output);
+    let o = boot(
+        &VmConfig::new("1").arg("-machine").arg("pc-q35-2.8,smm=on"),
+        T,
+    );
+    assert!(
+        o.output.contains("QEMU offers no negotiation"),
+        "{}",
+        o.output
+    );
+    assert!(
+        o.output.contains("no SMRAM at default SMBASE"),
+        "{}",
+        o.output
+    );
     assert_eq!(o.code(), Some(EXIT_FAIL), "{}", o.output);
-    assert!(o.output.contains("CHECK smi-features: FAIL"), "{}", o.output);
+    assert!(
+        o.output.contains("CHECK smi-features: FAIL"),
+        "{}",
+        o.output
+    );
 }
 
 #[test]
 fn a_missing_qemu_binary_gets_a_clear_error() {
     let e = check_qemu(std::path::Path::new("/nonexistent/qemu-system-x86_64")).unwrap_err();
-    assert!(e.contains("QEMU not found") && e.contains("apt-get install -y qemu-system-x86"), "{e}");
+    assert!(
+        e.contains("QEMU not found") && e.contains("apt-get install -y qemu-system-x86"),
+        "{e}"
+    );
 }
 
 #[test]
