@@ -1,1 +1,54 @@
-fn main() {}
+//! Boot benchmark: prints, per topology, the time from QEMU start to the first ROM line,
+//! to "SMRAM locked" (SMM set up and relocated), to payload entry and to the payload's
+//! result, plus the SMRAM bytes the ROM reports. Figures only, nothing asserted; runs
+//! side by side in one process and prints ratios against the 1-CPU boot.
+//! Run: `cargo bench -p qemu-tests --bench boot` (QEMU from $QEMU).
+
+use qemu_tests::{Vm, VmConfig};
+use std::time::Duration;
+
+const RUNS: usize = 3;
+const T: Duration = Duration::from_secs(120);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let topologies = ["1", "2,maxcpus=4", "4", "1,maxcpus=8", "8"];
+    println!("host ROM boot under TCG, median of {RUNS} runs (ms since QEMU start)");
+    println!("{:<16} {:>8} {:>12} {:>10} {:>8}   {}", "-smp", "rom", "smram-lock", "payload", "result", "SMRAM");
+    let mut base = None;
+    for smp in topologies {
+        let (mut rom, mut lock, mut entry, mut result) = (vec![], vec![], vec![], vec![]);
+        let mut smram = String::new();
+        for _ in 0..RUNS {
+            let mut vm = Vm::start(&VmConfig::new(smp)).expect("start QEMU");
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            rom.push(ms(vm.wait_for("host-rom: starting", T).expect("ROM output")));
+            lock.push(ms(vm.wait_for("SMRAM locked", T).expect("SMRAM lock")));
+            entry.push(ms(vm.wait_for("payload: entered", T).expect("payload entry")));
+            result.push(ms(vm.wait_for("RESULT:", T).expect("payload result")));
+            let out = vm.output();
+            smram = out
+                .lines()
+                .find_map(|l| l.split("SMRAM used: ").nth(1))
+                .unwrap_or("?")
+                .to_string();
+            let _ = vm.wait_exit(T);
+        }
+        let e = median(entry.clone());
+        let b = *base.get_or_insert(e);
+        println!(
+            "{:<16} {:>8.0} {:>12.0} {:>10.0} {:>8.0}   {}   (payload entry {:.2}x the 1-CPU boot)",
+            smp,
+            median(rom),
+            median(lock),
+            e,
+            median(result),
+            smram,
+            e / b
+        );
+    }
+}

@@ -251,7 +251,7 @@ impl Vm {
                     self.output()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
