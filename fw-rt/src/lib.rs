@@ -56,7 +56,10 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
         // SAFETY: i < n, within the caller's ranges; volatile keeps this from being
         // recognised as a memcmp idiom and compiled into a call to itself.
         let (x, y) = unsafe {
-            (core::ptr::read_volatile(a.add(i)), core::ptr::read_volatile(b.add(i)))
+            (
+                core::ptr::read_volatile(a.add(i)),
+                core::ptr::read_volatile(b.add(i)),
+            )
         };
         if x != y {
             return i32::from(x) - i32::from(y);
