@@ -111,6 +111,10 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
     }
 
     /// The selected slot's arch ID, or `None` if its high dword is not zero.
+    ///
+    /// Leaves command 0 behind, and writing command 0 re-runs the event scan: if the
+    /// selected slot has no pending event the selector may move to the next slot that has
+    /// one. Select the slot again before touching it after this call.
     pub fn arch_id(&self) -> Option<u32> {
         self.command(CMD_GET_ARCH_ID);
         let lo = self.data();
@@ -145,6 +149,9 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
         };
         self.select(0);
         self.command(CMD_GET_NEXT_EVENT);
+        // Command 0 scans for the next slot with an event and may move the selector there;
+        // select slot 0 again (the command stays 0, so Command data reads the selector).
+        self.select(0);
         loop {
             let idx = topo.possible as usize;
             if idx >= MAX_POSSIBLE {
