@@ -2,24 +2,29 @@
 //! here from its slot's entry stub, in long mode with SSE off and a 2 KiB stack, exactly
 //! as coreboot's x86_64 SMM stage calls its C handler. Like coreboot, one CPU at a time
 //! runs the handlers (a lock, not a rendezvous); CPUs that lose wait for the winner to
-//! finish, then leave.
+//! finish, then leave, and late CPUs run the handlers again (they are idempotent).
 //!
 //! SMM rules: no panics, no `core::fmt`, no floats, bounded loops; checked on the built
-//! object by `fwtool check-smm`.
+//! object by `fwtool check-smm` (tests/tests/smm_object.rs).
 #![no_std]
 
 use core::ptr::{addr_of, read_volatile, write_volatile};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use q35::ich9::APM_CNT;
 use q35::io::{HwPorts, PortIo};
+use q35::ich9::APM_CNT;
 use q35::serial::{Serial, COM1};
 use smm_handler::diag;
+use smm_handler::first_smi::FixedWindow;
+use smm_handler::hotplug::{self, Platform, Window};
+use smm_handler::log::{Console, Level, Part};
 use smm_handler::params::{SmmParams, MAX_SLOTS, PARAMS_MAGIC, STACK_CANARY};
+use smm_handler::slots::Slots;
 
 extern crate fw_rt;
 
-/// Filled in by the host ROM before SMRAM is closed; read-only afterwards.
+/// Filled in by the host ROM before SMRAM is closed. After that only the slot table in
+/// it changes, and only from SMM.
 #[no_mangle]
 #[used]
 pub static mut SMM_PARAMS: SmmParams = SmmParams::empty();
@@ -34,17 +39,73 @@ const SS_RAX: u32 = 0xFFF8;
 const SS_RSI: u32 = 0xFFC8;
 const SS_RDI: u32 = 0xFFC0;
 
-/// How long a CPU that lost the lock waits for the winner (iterations of `pause`).
-const LOCK_WAIT_SPINS: u32 = 50_000_000;
+/// How long a CPU that lost the lock waits for the winner (iterations of `pause`); the
+/// winner's own waits are bounded by the hotplug timeouts.
+const LOCK_WAIT_SPINS: u64 = 4_000_000_000;
 
 fn params() -> &'static SmmParams {
-    // SAFETY: the host wrote SMM_PARAMS before closing SMRAM; nothing writes it after, so
-    // shared references are sound.
+    // SAFETY: the host wrote SMM_PARAMS before closing SMRAM; afterwards only its atomic
+    // slot table is written, so shared references are sound.
     unsafe { &*addr_of!(SMM_PARAMS) }
 }
 
-fn console() -> Serial<'static, HwPorts> {
-    Serial::new(&HwPorts, COM1)
+struct SerialConsole;
+
+impl Console for SerialConsole {
+    fn write(&self, bytes: &[u8]) {
+        Serial::new(&HwPorts, COM1).write_bytes(bytes);
+    }
+}
+
+/// The host ROM as the handler's platform.
+struct HostRom {
+    p: &'static SmmParams,
+    window: FixedWindow,
+}
+
+fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects; CR4.TSD is clear in SMM.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+impl Platform for HostRom {
+    type Ports = HwPorts;
+    fn ports(&self) -> &HwPorts {
+        &HwPorts
+    }
+    fn now_us(&self) -> u64 {
+        rdtsc() / self.p.tsc_per_us.max(1)
+    }
+    fn log(&self, level: Level, parts: &[Part<'_>]) {
+        if level as u32 <= self.p.log_level {
+            SerialConsole.line(level, parts);
+        }
+    }
+    fn slots(&self) -> &Slots {
+        &self.p.slots
+    }
+    fn slot_count(&self) -> usize {
+        (self.p.num_slots as usize).min(MAX_SLOTS)
+    }
+    fn slot_smbase(&self, slot: usize) -> Option<u32> {
+        self.p.slot_smbase.get(slot).copied().filter(|_| slot < self.slot_count())
+    }
+    fn set_route(&self, _slot: usize, _apic: Option<u32>) {
+        // Each slot's stub copy knows its own slot index, so routing needs no table
+        // here; the slot table itself records which APIC ID a slot serves.
+    }
+    fn is_possible_apic(&self, apic: u32) -> bool {
+        self.p.possible_apic_id.iter().take(self.p.num_possible as usize).any(|&a| a == apic)
+    }
+    fn possible_count(&self) -> u32 {
+        self.p.num_possible.min(MAX_SLOTS as u32)
+    }
+    fn send_ipi(&self, apic: u32, icr_low: u32) -> bool {
+        q35::lapic::send_ipi(apic, icr_low).is_ok()
+    }
+    fn window(&self) -> &dyn Window {
+        &self.window
+    }
 }
 
 fn read_ss(smbase: u32, off: u32) -> u64 {
@@ -65,12 +126,15 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     if p.magic != PARAMS_MAGIC || slot >= p.num_slots {
         return;
     }
-    let (Some(&smbase), Some(count)) =
-        (p.slot_smbase.get(slot as usize), ENTRIES.get(slot as usize))
-    else {
+    let (Some(&smbase), Some(count)) = (p.slot_smbase.get(slot as usize), ENTRIES.get(slot as usize)) else {
         return;
     };
     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+    // A CPU being relocated that takes a pending SMI at its new SMBASE leaves at once,
+    // before the lock the monarch holds (R12).
+    if hotplug::must_return_early(&p.slots, slot as usize) {
+        return;
+    }
     let apmc = HwPorts.inb(APM_CNT);
 
     // Per-CPU part: the diagnostic query answers in this CPU's own save state only.
@@ -81,11 +145,11 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
         write_ss(smbase, SS_RAX, rax);
     }
 
-    if LOCK
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_ok()
-    {
-        dispatch(apmc);
+    if LOCK.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+        if apmc == smm_handler::APMC_CPU_HOTPLUG {
+            let host = HostRom { p, window: FixedWindow { pen_base: p.pen_base } };
+            let _ = hotplug::service(&host);
+        }
         LOCK.store(false, Ordering::Release);
     } else {
         let mut spins = 0;
@@ -97,20 +161,11 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     check_canary(p, slot);
 }
 
-fn dispatch(apmc: u8) {
-    if apmc == smm_handler::APMC_CPU_HOTPLUG {
-        smm_handler::cpu_hotplug_smi(&console());
-    }
-}
-
 fn check_canary(p: &SmmParams, slot: u32) {
     let lo = p.stack_base + slot * p.stack_size;
     // SAFETY: the canary is the lowest qword of this slot's own stack in TSEG.
     if unsafe { read_volatile(lo as *const u64) } != STACK_CANARY {
-        let c = console();
-        c.write_bytes(b"[SMM ERROR] stack overflow on slot ");
-        c.write_dec(u64::from(slot));
-        c.write_bytes(b"\n");
+        SerialConsole.line(Level::Error, &[Part::Str(b"stack overflow on slot "), Part::Dec(slot.into())]);
         loop {
             // SAFETY: halting inside SMM after memory corruption: fail closed.
             unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };

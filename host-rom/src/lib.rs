@@ -53,6 +53,15 @@ macro_rules! fatal {
     ($($t:tt)*) => { fatal(format_args!($($t)*)) };
 }
 
+fn smm_log_level(l: log::LevelFilter) -> u32 {
+    match l {
+        log::LevelFilter::Off | log::LevelFilter::Error => 1,
+        log::LevelFilter::Warn => 2,
+        log::LevelFilter::Info => 3,
+        _ => 4,
+    }
+}
+
 fn feature_names(f: u64) -> &'static str {
     match f & 7 {
         0 => "none",
@@ -220,6 +229,9 @@ extern "C" fn rom_main() -> ! {
         Err(n) => fatal!("only {} of {} APs checked in", n, present.len() - 1),
     }
 
+    let tsc_per_us = timer::tsc_per_us();
+    log::debug!("TSC: {} ticks per microsecond", tsc_per_us);
+
     // SMM: layout for every possible CPU; present CPUs take slots in selector order.
     let module = romfs::find("smm").unwrap_or_else(|| fatal!("ROM has no SMM module (file 'smm')"));
     let module = smm::Rmod::parse(module).unwrap_or_else(|e| fatal!("SMM module: {:?}", e));
@@ -231,10 +243,17 @@ extern "C" fn rom_main() -> ! {
             p.features = granted as u32;
             p.pen_base = smm_handler::first_smi::PEN_BASE;
             p.boot_apic_id = bsp_apic;
-            for (i, &apic) in present.iter().enumerate() {
-                if let Some(s) = p.slot_apic_id.get_mut(i) {
-                    *s = apic;
+            p.tsc_per_us = tsc_per_us;
+            p.log_level = smm_log_level(log::max_level());
+            // Only with hotplug negotiated does SMM ever act on other APIC IDs.
+            if granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0 {
+                p.num_possible = topo.possible;
+                for (dst, sel) in p.possible_apic_id.iter_mut().zip(0..topo.possible) {
+                    *dst = topo.apic_id(sel).unwrap_or(u32::MAX);
                 }
+            }
+            for (i, &apic) in present.iter().enumerate() {
+                p.slots.set(i, smm_handler::slots::ACTIVE, apic);
             }
         })
     }

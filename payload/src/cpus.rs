@@ -13,11 +13,11 @@ use q35::io::HwPorts;
 use q35::lapic;
 use q35::pmtimer::PmTimer;
 
-struct Ap {
-    apic: AtomicU32,
-    slot: AtomicU64,
-    count: AtomicU64,
-    done: AtomicU32,
+pub(crate) struct Ap {
+    pub apic: AtomicU32,
+    pub slot: AtomicU64,
+    pub count: AtomicU64,
+    pub done: AtomicU32,
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -27,13 +27,19 @@ const AP_INIT: Ap = Ap {
     count: AtomicU64::new(0),
     done: AtomicU32::new(0),
 };
-static APS: [Ap; MAX_CPUS] = [AP_INIT; MAX_CPUS];
-static STARTED: AtomicU32 = AtomicU32::new(0);
+pub(crate) static APS: [Ap; MAX_CPUS] = [AP_INIT; MAX_CPUS];
+pub(crate) static STARTED: AtomicU32 = AtomicU32::new(0);
+
+/// APMC 4 writes each AP makes right after it checked in (the two-CPU storm test).
+pub(crate) static AP_APMC4_WRITES: AtomicU32 = AtomicU32::new(0);
 
 pub fn ap_main(index: u32) -> ! {
     if let Some(me) = APS.get(index as usize) {
         lapic::enable();
         me.apic.store(lapic::cpuid_apic_id(), Ordering::SeqCst);
+        for _ in 0..AP_APMC4_WRITES.load(Ordering::SeqCst) {
+            crate::hotplug::raise_apmc4();
+        }
         let (s, c) = smm_handler::diag::query().unwrap_or((u64::MAX, 0));
         me.slot.store(s, Ordering::SeqCst);
         me.count.store(c, Ordering::SeqCst);
@@ -46,9 +52,33 @@ pub fn ap_main(index: u32) -> ! {
     }
 }
 
-fn timer() -> PmTimer<'static, HwPorts> {
+pub(crate) fn timer() -> PmTimer<'static, HwPorts> {
     let base = q35::ich9::pmbase(&HwPorts).unwrap_or(q35::ich9::PMBASE);
     PmTimer::new(&HwPorts, base)
+}
+
+/// Start `apic` in the payload's trampoline, as an OS brings a CPU online.
+pub(crate) fn init_sipi_sipi(apic: u32) -> bool {
+    let tm = timer();
+    let vec = entry::AP_TRAMPOLINE >> 12;
+    let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok() && {
+        tm.delay_us(10_000);
+        lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
+    } && {
+        tm.delay_us(200);
+        lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
+    };
+    if !ok {
+        println!("payload: INIT-SIPI-SIPI to APIC {} failed", apic);
+    }
+    ok
+}
+
+/// The record of the AP with `apic` that checked in, if any.
+pub(crate) fn find_ap(apic: u32) -> Option<&'static Ap> {
+    APS.iter()
+        .skip(1)
+        .find(|a| a.done.load(Ordering::SeqCst) == 1 && a.apic.load(Ordering::SeqCst) == apic)
 }
 
 pub fn check(r: &mut Report, t: &Tables) {
@@ -97,19 +127,7 @@ pub fn check(r: &mut Report, t: &Tables) {
             continue;
         }
         expected += 1;
-        let vec = entry::AP_TRAMPOLINE >> 12;
-        let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok()
-            && {
-                tm.delay_us(10_000);
-                lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
-            }
-            && {
-                tm.delay_us(200);
-                lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
-            };
-        if !ok {
-            println!("payload: INIT-SIPI-SIPI to APIC {} failed", apic);
-        }
+        init_sipi_sipi(apic);
     }
     let all = tm.wait_until(3_000_000, || STARTED.load(Ordering::SeqCst) >= expected);
     let started = STARTED.load(Ordering::SeqCst);

@@ -10,6 +10,7 @@ pub mod cbtables;
 pub mod console;
 mod cpus;
 mod entry;
+mod hotplug;
 mod smram;
 
 use q35::fw_cfg::{self, FwCfg};
@@ -156,8 +157,12 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
         Err(e) => r.check("fw_cfg", false, format_args!("{:?}", e)),
     }
 
-    smram::check(&mut r, &tables);
+    let tseg = smram::check(&mut r, &tables);
     cpus::check(&mut r, &tables);
+    hotplug::smi_round_trip();
+    let plan = hotplug::Plan::read();
+    hotplug::storm(&mut r, &plan);
+    hotplug::run(&mut r, &plan, tseg);
     finish(&r)
 }
 

@@ -18,7 +18,8 @@ fn probe(addr: u64) -> (u32, u32) {
     }
 }
 
-pub fn check(r: &mut Report, _t: &Tables) {
+/// Returns TSEG's base when it could be located.
+pub fn check(r: &mut Report, _t: &Tables) -> Option<u32> {
     let m = Mch::new(&HwPorts);
     let s = m.smramc();
     m.set_smramc(mch::SMRAMC_D_OPEN | mch::SMRAMC_G_SMRAME | mch::SMRAMC_C_BASE_SEG);
@@ -63,12 +64,14 @@ pub fn check(r: &mut Report, _t: &Tables) {
                 .max()
         })
         .unwrap_or(0);
+    let mut tseg_base = None;
     if let (Some(size), true) = (tseg, low_top > 0) {
         let base = low_top - u64::from(size);
         let probes = [base, base + 0x8000, base + u64::from(size) - 4];
         let ok = probes
             .iter()
             .all(|&a| probe(a) == (0xFFFF_FFFF, 0xFFFF_FFFF));
+        tseg_base = Some(base as u32);
         r.check(
             "tseg-unreadable",
             ok,
@@ -95,4 +98,5 @@ pub fn check(r: &mut Report, _t: &Tables) {
             locked, ok
         ),
     );
+    tseg_base
 }

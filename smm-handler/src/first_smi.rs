@@ -217,6 +217,8 @@ pub unsafe fn install(pen_base: u32) {
         core::ptr::write_volatile((CONTEXT_BASE + CTX_GATE) as *mut u64, GATE_CLOSED);
         core::ptr::write_volatile((CONTEXT_BASE + CTX_PEN_BASE) as *mut u32, pen_base);
         core::ptr::write_volatile((CONTEXT_BASE + CTX_VERSION) as *mut u8, CONTEXT_VERSION);
+        // The arrival mark the handler stores; non-zero so that 0 means "not arrived".
+        core::ptr::write_volatile((CONTEXT_BASE + CTX_ROUND) as *mut u32, 1);
         let h = handler_code();
         core::ptr::copy_nonoverlapping(h.as_ptr(), HANDLER_BASE as *mut u8, h.len());
         install_pen(pen_base);
@@ -233,5 +235,62 @@ pub unsafe fn install_pen(pen_base: u32) {
     unsafe {
         core::ptr::copy_nonoverlapping(p.as_ptr(), pen_base as *mut u8, p.len());
         core::ptr::write_volatile((pen_base + PEN_SIGNAL) as *mut u8, 0);
+    }
+}
+
+/// The real default-SMBASE window and pen page, for the monarch in SMM. Only valid in
+/// SMM after the window was installed and locked.
+pub struct FixedWindow {
+    pub pen_base: u32,
+}
+
+fn ctx<T>(off: u32) -> *mut T {
+    (CONTEXT_BASE + off) as *mut T
+}
+
+impl crate::hotplug::Window for FixedWindow {
+    fn gate_cas(&self, old: u64, new: u64) -> bool {
+        // SAFETY: the gate is an 8-byte aligned u64 in SMRAM at 0x30000, shared only with
+        // the first-SMI handler's `lock cmpxchg8b`.
+        let gate = unsafe { core::sync::atomic::AtomicU64::from_ptr(ctx(CTX_GATE)) };
+        gate.compare_exchange(old, new, core::sync::atomic::Ordering::SeqCst, core::sync::atomic::Ordering::SeqCst)
+            .is_ok()
+    }
+    fn set_new_smbase(&self, smbase: u32) {
+        // SAFETY: context field in SMRAM; written only while the gate is closed (R8).
+        unsafe { core::ptr::write_volatile(ctx(CTX_NEW_SMBASE), smbase) }
+    }
+    fn about_to_leave(&self) -> u8 {
+        // SAFETY: context field in SMRAM written by the admitted CPU.
+        unsafe { core::ptr::read_volatile(ctx(CTX_ABOUT_TO_LEAVE)) }
+    }
+    fn clear_about_to_leave(&self) {
+        // SAFETY: context field in SMRAM.
+        unsafe { core::ptr::write_volatile(ctx::<u8>(CTX_ABOUT_TO_LEAVE), 0) }
+    }
+    fn arrived(&self, apic: u32) -> u32 {
+        if apic >= ARRIVED_ENTRIES {
+            return 0;
+        }
+        // SAFETY: `arrived[apic]` for apic < 256 lies inside the context in SMRAM.
+        unsafe { core::ptr::read_volatile(ctx(CTX_ARRIVED + 4 * apic)) }
+    }
+    fn clear_arrived(&self, apic: u32) {
+        if apic < ARRIVED_ENTRIES {
+            // SAFETY: as for `arrived`.
+            unsafe { core::ptr::write_volatile(ctx::<u32>(CTX_ARRIVED + 4 * apic), 0) }
+        }
+    }
+    fn reset_pen(&self) {
+        // SAFETY: the pen page is reserved for this in the memory map; SMM re-installs
+        // it because the OS can write it (R4).
+        unsafe { install_pen(self.pen_base) }
+    }
+    fn pen_signal(&self) -> u8 {
+        // SAFETY: reading one byte of the reserved pen page (OS-writable: a hint only).
+        unsafe { core::ptr::read_volatile((self.pen_base + PEN_SIGNAL) as *const u8) }
+    }
+    fn pen_base(&self) -> u32 {
+        self.pen_base
     }
 }

@@ -1,10 +1,12 @@
 //! The parameter block a host fills into the SMM module before SMRAM is closed
 //! (the host ROM's counterpart of coreboot's `smm_runtime`), and the SMRAM layout.
 
+use crate::slots::Slots;
+
 /// Most SMM slots (possible CPUs) a host lays out.
 pub const MAX_SLOTS: usize = 64;
 pub const PARAMS_MAGIC: u32 = 0x534D_4D50; // "SMMP"
-pub const PARAMS_VERSION: u32 = 1;
+pub const PARAMS_VERSION: u32 = 2;
 /// Bytes of the per-slot SMM stack; its lowest 8 bytes hold a canary.
 pub const SLOT_STACK_SIZE: u32 = 0x800;
 pub const STACK_CANARY: u64 = 0x5AFE_57AC_C0DE_CAFE;
@@ -31,10 +33,18 @@ pub struct SmmParams {
     /// Post-SMM pen page (real mode, below 1 MiB).
     pub pen_base: u32,
     pub boot_apic_id: u32,
+    /// SMM log level (crate::log::Level as u32); lines above it are dropped.
+    pub log_level: u32,
+    /// TSC ticks per microsecond, calibrated at boot against the PM timer (SMM does not
+    /// trust the PM timer itself: its PMBASE is OS-writable, ERRATA E10).
+    pub tsc_per_us: u64,
+    /// Possible CPUs counted at boot and their APIC IDs (the only IDs hotplug accepts).
+    pub num_possible: u32,
     pub _reserved: u32,
+    pub possible_apic_id: [u32; MAX_SLOTS],
     pub slot_smbase: [u32; MAX_SLOTS],
-    /// APIC ID served by each slot; `u32::MAX` = free.
-    pub slot_apic_id: [u32; MAX_SLOTS],
+    /// Slot states and the APIC ID each slot serves (seeded with the boot CPUs).
+    pub slots: Slots,
 }
 
 impl SmmParams {
@@ -51,9 +61,13 @@ impl SmmParams {
             features: 0,
             pen_base: 0,
             boot_apic_id: 0,
+            log_level: 3,
+            tsc_per_us: 0,
+            num_possible: 0,
             _reserved: 0,
+            possible_apic_id: [u32::MAX; MAX_SLOTS],
             slot_smbase: [0; MAX_SLOTS],
-            slot_apic_id: [u32::MAX; MAX_SLOTS],
+            slots: Slots::new(),
         }
     }
 }

@@ -143,8 +143,12 @@ impl Outcome {
         self.status.and_then(|s| s.code())
     }
 
-    /// Panic with the whole console when the payload did not pass.
+    /// Panic with the whole console when the payload did not pass. With
+    /// `QEMU_TESTS_SHOW=1` the console is printed on success too.
     pub fn assert_pass(&self) {
+        if std::env::var_os("QEMU_TESTS_SHOW").is_some() {
+            eprintln!("--- serial ---\n{}", self.output);
+        }
         assert!(
             self.code() == Some(EXIT_PASS) && self.output.contains("RESULT: PASS"),
             "expected RESULT: PASS (exit {EXIT_PASS}), got exit {:?} timed_out={}\n--- serial ---\n{}\n--- stderr ---\n{}",

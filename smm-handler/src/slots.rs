@@ -1,0 +1,62 @@
+//! The SMM slot table: bookkeeping per slot (FREE, ACTIVE, RELOCATING, QUARANTINED) and
+//! the APIC ID it serves. It lives in SMRAM; single aligned stores keep it
+//! crash-consistent (R15): a mapping is published before its CPU can take an SMI at the
+//! new SMBASE, and revoked on failure.
+
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use crate::params::MAX_SLOTS;
+
+pub const FREE: u32 = 0;
+pub const ACTIVE: u32 = 1;
+/// The slot's CPU is being relocated: at its new SMBASE it must return at once (R12).
+pub const RELOCATING: u32 = 2;
+/// Something went wrong mid-relocation: never reuse (R7).
+pub const QUARANTINED: u32 = 3;
+pub const NO_APIC: u32 = u32::MAX;
+
+#[repr(C)]
+pub struct Slots {
+    pub state: [AtomicU32; MAX_SLOTS],
+    pub apic: [AtomicU32; MAX_SLOTS],
+}
+
+impl Slots {
+    #[allow(clippy::declare_interior_mutable_const)]
+    pub const fn new() -> Self {
+        const F: AtomicU32 = AtomicU32::new(FREE);
+        const N: AtomicU32 = AtomicU32::new(NO_APIC);
+        Self { state: [F; MAX_SLOTS], apic: [N; MAX_SLOTS] }
+    }
+
+    pub fn state(&self, slot: usize) -> u32 {
+        self.state.get(slot).map_or(QUARANTINED, |s| s.load(Ordering::SeqCst))
+    }
+
+    pub fn apic(&self, slot: usize) -> u32 {
+        self.apic.get(slot).map_or(NO_APIC, |s| s.load(Ordering::SeqCst))
+    }
+
+    pub fn set(&self, slot: usize, state: u32, apic: u32) {
+        if let (Some(s), Some(a)) = (self.state.get(slot), self.apic.get(slot)) {
+            // APIC first: a reader that sees the new state also sees its APIC ID.
+            a.store(apic, Ordering::SeqCst);
+            s.store(state, Ordering::SeqCst);
+        }
+    }
+
+    /// The slot that serves (or is being given to, or quarantined with) `apic`.
+    pub fn slot_of(&self, apic: u32, count: usize) -> Option<usize> {
+        (0..count.min(MAX_SLOTS)).find(|&i| self.state(i) != FREE && self.apic(i) == apic)
+    }
+
+    pub fn first_free(&self, count: usize) -> Option<usize> {
+        (0..count.min(MAX_SLOTS)).find(|&i| self.state(i) == FREE)
+    }
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self::new()
+    }
+}

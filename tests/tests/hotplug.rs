@@ -1,0 +1,149 @@
+//! CPU hot-add driven over QMP: QEMU q35 (smm=on, TCG), the payload in the OS role.
+
+use qemu_tests::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(180);
+
+/// Free hotpluggable CPU slots (entries without a qom-path), as device_add arguments.
+fn free_cpus(q: &mut qmp::Qmp) -> Vec<serde_json::Value> {
+    let list = q.execute("query-hotpluggable-cpus", json!({})).expect("query-hotpluggable-cpus");
+    let mut v: Vec<serde_json::Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get("qom-path").is_none())
+        .cloned()
+        .collect();
+    // QEMU lists them highest first; plug in ascending order.
+    v.reverse();
+    v
+}
+
+fn device_add(q: &mut qmp::Qmp, cpu: &serde_json::Value, id: &str) -> Result<serde_json::Value, String> {
+    let mut args = cpu["props"].clone();
+    args["driver"] = cpu["type"].clone();
+    args["id"] = json!(id);
+    q.execute("device_add", args)
+}
+
+fn hotplug_vm(smp: &str, expect: usize, variant: Option<&str>) -> Vm {
+    let mut cfg = VmConfig::new(smp)
+        .with_qmp()
+        .arg("-fw_cfg")
+        .arg(&format!("name=opt/payload/hotplug,string={expect}"));
+    if let Some(v) = variant {
+        cfg = cfg.arg("-fw_cfg").arg(&format!("name=opt/payload/hotplug-variant,string={v}"));
+    }
+    let mut vm = Vm::start(&cfg).expect("start QEMU");
+    vm.wait_for("payload: ready for hotplug", T).expect("payload ready");
+    vm
+}
+
+/// Plug `n` CPUs back to back, then wait for the payload's verdict.
+fn plug_and_check(smp: &str, n: usize, variant: Option<&str>) -> Outcome {
+    let mut vm = hotplug_vm(smp, n, variant);
+    let q = vm.qmp.as_mut().unwrap();
+    let free = free_cpus(q);
+    assert!(free.len() >= n, "only {} free CPU slots", free.len());
+    for (i, cpu) in free.iter().take(n).enumerate() {
+        device_add(q, cpu, &format!("hp{i}")).expect("device_add");
+    }
+    let o = vm.wait_exit(T);
+    o.assert_pass();
+    let lines = lines_with(&o.output, "HOTPLUG ");
+    assert_eq!(lines.len(), n, "{}", o.output);
+    assert!(lines.iter().all(|l| l.ends_with("smi=ok")), "{}", o.output);
+    assert_eq!(o.output.matches("[SMM INFO ] relocated APIC ID").count(), n, "{}", o.output);
+    o
+}
+
+#[test]
+fn one_cpu_hot_added_gets_its_own_slot() {
+    plug_and_check("1,maxcpus=4", 1, None);
+}
+
+#[test]
+fn three_cpus_added_back_to_back_before_the_payload_reacts() {
+    plug_and_check("1,maxcpus=4", 3, None);
+}
+
+#[test]
+fn filling_up_to_maxcpus_works() {
+    plug_and_check("1,maxcpus=8", 7, None);
+}
+
+#[test]
+fn filling_a_topology_with_apic_id_holes_works() {
+    let o = plug_and_check("2,maxcpus=6,sockets=2,cores=3", 4, None);
+    for apic in [2, 4, 5, 6] {
+        assert!(o.output.contains(&format!("apic={apic} online=true")), "{}", o.output);
+    }
+}
+
+#[test]
+fn an_os_that_starts_the_new_cpu_before_the_smi_still_gets_it_relocated() {
+    plug_and_check("1,maxcpus=4", 1, Some("early-init"));
+}
+
+#[test]
+fn code_planted_at_0x38000_and_in_the_pen_never_runs_in_smm() {
+    let o = plug_and_check("1,maxcpus=4", 2, Some("attack"));
+    assert!(o.output.contains("CHECK attack-nothing-planted-ran-in-smm: PASS"), "{}", o.output);
+}
+
+#[test]
+fn device_add_without_negotiated_hotplug_gets_qemus_error_and_the_system_stays_healthy() {
+    let cfg = VmConfig::new("1,maxcpus=4")
+        .with_qmp()
+        .arg("-global")
+        .arg("ICH9-LPC.x-smi-cpu-hotplug=off")
+        .arg("-global")
+        .arg("ICH9-LPC.x-smi-cpu-hotunplug=off")
+        .arg("-fw_cfg")
+        .arg("name=opt/payload/stay,string=1");
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for("RESULT: PASS", T).unwrap();
+    let q = vm.qmp.as_mut().unwrap();
+    let free = free_cpus(q);
+    let e = device_add(q, &free[0], "hp0").unwrap_err();
+    assert!(e.contains("cpu hotplug with SMI wasn't enabled by firmware"), "{e}");
+    let st = q.execute("query-status", json!({})).unwrap();
+    assert_eq!(st["status"], "running", "{st}");
+    let cpus = q.execute("query-cpus-fast", json!({})).unwrap();
+    assert_eq!(cpus.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn apmc4_with_nothing_pending_a_thousand_times_changes_nothing() {
+    let cfg = VmConfig::new("2").arg("-fw_cfg").arg("name=opt/payload/apmc4-storm,string=1000");
+    let o = boot(&cfg, T);
+    o.assert_pass();
+    assert!(o.output.contains("CHECK apmc4-storm: PASS"), "{}", o.output);
+    assert!(!o.output.contains("[SMM INFO ] APMC 4"), "nothing to relocate: {}", o.output);
+}
+
+#[test]
+fn apmc4_from_two_cpus_at_once_is_serialized() {
+    let cfg = VmConfig::new("2").arg("-fw_cfg").arg("name=opt/payload/apmc4-storm,string=300:2cpu");
+    let o = boot(&cfg, T);
+    o.assert_pass();
+    assert!(o.output.contains("from two CPUs at once"), "{}", o.output);
+}
+
+#[test]
+fn a_second_hotplug_round_after_the_first_relocates_only_the_new_cpu() {
+    let mut vm = hotplug_vm("1,maxcpus=4", 2, None);
+    let q = vm.qmp.as_mut().unwrap();
+    let free = free_cpus(q);
+    device_add(q, &free[0], "hp0").unwrap();
+    let start = Instant::now();
+    vm.wait_for("HOTPLUG selector=1", T).unwrap();
+    let q = vm.qmp.as_mut().unwrap();
+    device_add(q, &free[1], "hp1").unwrap();
+    let o = vm.wait_exit(T);
+    o.assert_pass();
+    assert_eq!(o.output.matches("[SMM INFO ] relocated APIC ID").count(), 2, "{}", o.output);
+    assert!(start.elapsed() < T);
+}
