@@ -18,7 +18,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let topologies = ["1", "2,maxcpus=4", "4", "1,maxcpus=8", "8"];
     println!("host ROM boot under TCG, median of {RUNS} runs (ms since QEMU start)");
-    println!("{:<16} {:>8} {:>12} {:>10} {:>8}   {}", "-smp", "rom", "smram-lock", "payload", "result", "SMRAM");
+    println!(
+        "{:<16} {:>8} {:>12} {:>10} {:>8}   {}",
+        "-smp", "rom", "smram-lock", "payload", "result", "SMRAM"
+    );
     let mut base = None;
     for smp in topologies {
         let (mut rom, mut lock, mut entry, mut result) = (vec![], vec![], vec![], vec![]);
@@ -26,9 +29,13 @@ fn main() {
         for _ in 0..RUNS {
             let mut vm = Vm::start(&VmConfig::new(smp)).expect("start QEMU");
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-            rom.push(ms(vm.wait_for("host-rom: starting", T).expect("ROM output")));
+            rom.push(ms(vm
+                .wait_for("host-rom: starting", T)
+                .expect("ROM output")));
             lock.push(ms(vm.wait_for("SMRAM locked", T).expect("SMRAM lock")));
-            entry.push(ms(vm.wait_for("payload: entered", T).expect("payload entry")));
+            entry.push(ms(vm
+                .wait_for("payload: entered", T)
+                .expect("payload entry")));
             result.push(ms(vm.wait_for("RESULT:", T).expect("payload result")));
             let out = vm.output();
             smram = out

@@ -8,7 +8,9 @@ const T: Duration = Duration::from_secs(180);
 
 /// Free hotpluggable CPU slots (entries without a qom-path), as device_add arguments.
 fn free_cpus(q: &mut qmp::Qmp) -> Vec<serde_json::Value> {
-    let list = q.execute("query-hotpluggable-cpus", json!({})).expect("query-hotpluggable-cpus");
+    let list = q
+        .execute("query-hotpluggable-cpus", json!({}))
+        .expect("query-hotpluggable-cpus");
     let mut v: Vec<serde_json::Value> = list
         .as_array()
         .unwrap()
@@ -21,7 +23,11 @@ fn free_cpus(q: &mut qmp::Qmp) -> Vec<serde_json::Value> {
     v
 }
 
-fn device_add(q: &mut qmp::Qmp, cpu: &serde_json::Value, id: &str) -> Result<serde_json::Value, String> {
+fn device_add(
+    q: &mut qmp::Qmp,
+    cpu: &serde_json::Value,
+    id: &str,
+) -> Result<serde_json::Value, String> {
     let mut args = cpu["props"].clone();
     args["driver"] = cpu["type"].clone();
     args["id"] = json!(id);
@@ -34,10 +40,13 @@ fn hotplug_vm(smp: &str, expect: usize, variant: Option<&str>) -> Vm {
         .arg("-fw_cfg")
         .arg(&format!("name=opt/payload/hotplug,string={expect}"));
     if let Some(v) = variant {
-        cfg = cfg.arg("-fw_cfg").arg(&format!("name=opt/payload/hotplug-variant,string={v}"));
+        cfg = cfg
+            .arg("-fw_cfg")
+            .arg(&format!("name=opt/payload/hotplug-variant,string={v}"));
     }
     let mut vm = Vm::start(&cfg).expect("start QEMU");
-    vm.wait_for("payload: ready for hotplug", T).expect("payload ready");
+    vm.wait_for("payload: ready for hotplug", T)
+        .expect("payload ready");
     vm
 }
 
@@ -55,7 +64,12 @@ fn plug_and_check(smp: &str, n: usize, variant: Option<&str>) -> Outcome {
     let lines = lines_with(&o.output, "HOTPLUG ");
     assert_eq!(lines.len(), n, "{}", o.output);
     assert!(lines.iter().all(|l| l.ends_with("smi=ok")), "{}", o.output);
-    assert_eq!(o.output.matches("[SMM INFO ] relocated APIC ID").count(), n, "{}", o.output);
+    assert_eq!(
+        o.output.matches("[SMM INFO ] relocated APIC ID").count(),
+        n,
+        "{}",
+        o.output
+    );
     o
 }
 
@@ -78,7 +92,11 @@ fn filling_up_to_maxcpus_works() {
 fn filling_a_topology_with_apic_id_holes_works() {
     let o = plug_and_check("2,maxcpus=6,sockets=2,cores=3", 4, None);
     for apic in [2, 4, 5, 6] {
-        assert!(o.output.contains(&format!("apic={apic} online=true")), "{}", o.output);
+        assert!(
+            o.output.contains(&format!("apic={apic} online=true")),
+            "{}",
+            o.output
+        );
     }
 }
 
@@ -90,7 +108,12 @@ fn an_os_that_starts_the_new_cpu_before_the_smi_still_gets_it_relocated() {
 #[test]
 fn code_planted_at_0x38000_and_in_the_pen_never_runs_in_smm() {
     let o = plug_and_check("1,maxcpus=4", 2, Some("attack"));
-    assert!(o.output.contains("CHECK attack-nothing-planted-ran-in-smm: PASS"), "{}", o.output);
+    assert!(
+        o.output
+            .contains("CHECK attack-nothing-planted-ran-in-smm: PASS"),
+        "{}",
+        o.output
+    );
 }
 
 #[test]
@@ -108,7 +131,10 @@ fn device_add_without_negotiated_hotplug_gets_qemus_error_and_the_system_stays_h
     let q = vm.qmp.as_mut().unwrap();
     let free = free_cpus(q);
     let e = device_add(q, &free[0], "hp0").unwrap_err();
-    assert!(e.contains("cpu hotplug with SMI wasn't enabled by firmware"), "{e}");
+    assert!(
+        e.contains("cpu hotplug with SMI wasn't enabled by firmware"),
+        "{e}"
+    );
     let st = q.execute("query-status", json!({})).unwrap();
     assert_eq!(st["status"], "running", "{st}");
     let cpus = q.execute("query-cpus-fast", json!({})).unwrap();
@@ -117,16 +143,24 @@ fn device_add_without_negotiated_hotplug_gets_qemus_error_and_the_system_stays_h
 
 #[test]
 fn apmc4_with_nothing_pending_a_thousand_times_changes_nothing() {
-    let cfg = VmConfig::new("2").arg("-fw_cfg").arg("name=opt/payload/apmc4-storm,string=1000");
+    let cfg = VmConfig::new("2")
+        .arg("-fw_cfg")
+        .arg("name=opt/payload/apmc4-storm,string=1000");
     let o = boot(&cfg, T);
     o.assert_pass();
     assert!(o.output.contains("CHECK apmc4-storm: PASS"), "{}", o.output);
-    assert!(!o.output.contains("[SMM INFO ] APMC 4"), "nothing to relocate: {}", o.output);
+    assert!(
+        !o.output.contains("[SMM INFO ] APMC 4"),
+        "nothing to relocate: {}",
+        o.output
+    );
 }
 
 #[test]
 fn apmc4_from_two_cpus_at_once_is_serialized() {
-    let cfg = VmConfig::new("2").arg("-fw_cfg").arg("name=opt/payload/apmc4-storm,string=300:2cpu");
+    let cfg = VmConfig::new("2")
+        .arg("-fw_cfg")
+        .arg("name=opt/payload/apmc4-storm,string=300:2cpu");
     let o = boot(&cfg, T);
     o.assert_pass();
     assert!(o.output.contains("from two CPUs at once"), "{}", o.output);
@@ -144,6 +178,11 @@ fn a_second_hotplug_round_after_the_first_relocates_only_the_new_cpu() {
     device_add(q, &free[1], "hp1").unwrap();
     let o = vm.wait_exit(T);
     o.assert_pass();
-    assert_eq!(o.output.matches("[SMM INFO ] relocated APIC ID").count(), 2, "{}", o.output);
+    assert_eq!(
+        o.output.matches("[SMM INFO ] relocated APIC ID").count(),
+        2,
+        "{}",
+        o.output
+    );
     assert!(start.elapsed() < T);
 }
