@@ -19,8 +19,8 @@ fn main() {
     let topologies = ["1", "2,maxcpus=4", "4", "1,maxcpus=8", "8"];
     println!("host ROM boot under TCG, median of {RUNS} runs (ms since QEMU start)");
     println!(
-        "{:<16} {:>8} {:>12} {:>10} {:>8}   {}",
-        "-smp", "rom", "smram-lock", "payload", "result", "SMRAM"
+        "{:<16} {:>8} {:>12} {:>10} {:>8}   SMRAM",
+        "-smp", "rom", "smram-lock", "payload", "result"
     );
     let mut base = None;
     for smp in topologies {
