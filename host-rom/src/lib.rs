@@ -40,6 +40,7 @@ const DEBUG_EXIT_PORT: u16 = 0xF4;
 const EXIT_FIRMWARE_FATAL: u8 = 0x12;
 const PAYLOAD_FILE: &str = "opt/cbpayload";
 const PAYLOAD_STACK_TOP: u32 = 0x7F_F000;
+const INSECURE_FILE: &str = "opt/host-rom/insecure-open-default-smbase";
 
 /// Stop the boot: never hand control to a payload after an SMM setup failure.
 fn fatal(args: fmt::Arguments) -> ! {
@@ -267,12 +268,26 @@ extern "C" fn rom_main() -> ! {
     smm::enable_tseg().unwrap_or_else(|e| fatal!("TSEG: {:?}", e));
     smm::relocate_all(&cpus, bsp_apic).unwrap_or_else(|e| fatal!("SMBASE relocation: {:?}", e));
     smm::verify_slots(&cpus, bsp_apic).unwrap_or_else(|e| fatal!("SMM check: {:?}", e));
-    smm::install_and_lock(default_smram, tseg_base)
+    // Negative control for the attack test only: the host (not the guest) can ask, via
+    // fw_cfg, for a ROM that leaves the default-SMBASE window open, to show the attack
+    // succeeds without the lock. Never set in normal use.
+    let insecure = cfg.find_file(INSECURE_FILE).is_some();
+    if insecure {
+        log::warn!(
+            "INSECURE: {} given: first-SMI handler not installed, 0x30000-0x4FFFF left open",
+            INSECURE_FILE
+        );
+    }
+    smm::install_and_lock(default_smram && !insecure, tseg_base)
         .unwrap_or_else(|e| fatal!("SMRAM lock: {:?}", e));
     log::info!(
         "SMRAM locked: TSEG {:#x}+1 MiB, D_LCK set, default-SMBASE window {}",
         tseg_base,
-        if default_smram { "locked" } else { "absent" }
+        match (default_smram, insecure) {
+            (true, false) => "locked",
+            (true, true) => "LEFT OPEN",
+            _ => "absent",
+        }
     );
     log::info!(
         "SMRAM used: handler {} bytes, per-CPU slot {} bytes, total {} bytes for {} slots",

@@ -186,3 +186,30 @@ fn a_second_hotplug_round_after_the_first_relocates_only_the_new_cpu() {
     );
     assert!(start.elapsed() < T);
 }
+
+#[test]
+fn without_the_default_smbase_lock_the_same_attack_leaks_smram() {
+    // Negative control: proves the attack test above can fail. The host ROM is told
+    // (by the host, through fw_cfg) to leave 0x30000-0x4FFFF open.
+    let cfg = VmConfig::new("1,maxcpus=4")
+        .with_qmp()
+        .arg("-fw_cfg")
+        .arg("name=opt/payload/hotplug,string=1")
+        .arg("-fw_cfg")
+        .arg("name=opt/payload/hotplug-variant,string=attack")
+        .arg("-fw_cfg")
+        .arg("name=opt/host-rom/insecure-open-default-smbase,string=1");
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for("payload: ready for hotplug", T).unwrap();
+    let q = vm.qmp.as_mut().unwrap();
+    let free = free_cpus(q);
+    device_add(q, &free[0], "hp0").unwrap();
+    let o = vm.wait_exit(T);
+    assert!(o.output.contains("INSECURE"), "{}", o.output);
+    assert!(
+        o.output.contains("CHECK attack-nothing-planted-ran-in-smm: FAIL planted code ran: true; bytes copied out of TSEG: true"),
+        "{}",
+        o.output
+    );
+    assert_eq!(o.code(), Some(EXIT_FAIL), "{}", o.output);
+}
