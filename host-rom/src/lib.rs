@@ -40,6 +40,7 @@ const DEBUG_EXIT_PORT: u16 = 0xF4;
 const EXIT_FIRMWARE_FATAL: u8 = 0x12;
 const PAYLOAD_FILE: &str = "opt/cbpayload";
 const PAYLOAD_STACK_TOP: u32 = 0x7F_F000;
+const NO_SMM_FILE: &str = "opt/host-rom/baseline-no-smm";
 const INSECURE_FILE: &str = "opt/host-rom/insecure-open-default-smbase";
 
 /// Stop the boot: never hand control to a payload after an SMM setup failure.
@@ -183,7 +184,13 @@ extern "C" fn rom_main() -> ! {
         } else {
             0
         };
-    let granted = match fw_cfg::negotiate_smi_features(&cfg, wanted) {
+    // Benchmark baseline only: the host asks for a boot without SMM (QEMU smm=off).
+    let no_smm = cfg.find_file(NO_SMM_FILE).is_some();
+    let granted = match if no_smm {
+        Ok(Negotiation::Unsupported)
+    } else {
+        fw_cfg::negotiate_smi_features(&cfg, wanted)
+    } {
         Ok(Negotiation::Granted {
             supported,
             requested,
@@ -230,6 +237,80 @@ extern "C" fn rom_main() -> ! {
         Err(n) => fatal!("only {} of {} APs checked in", n, present.len() - 1),
     }
 
+    if no_smm {
+        log::warn!(
+            "BASELINE: {} given: no SMM set up at all (benchmark baseline only)",
+            NO_SMM_FILE
+        );
+    } else {
+        setup_smm(
+            &cfg,
+            &topo,
+            &present,
+            bsp_apic,
+            granted,
+            tseg_base,
+            default_smram,
+        );
+    }
+
+    // coreboot tables and the payload.
+    let reserved = [
+        Range {
+            start: 0,
+            end: memmap::LOW_TABLE_END,
+            kind: TABLE,
+        },
+        Range {
+            start: memmap::SMBASE_WINDOW.0,
+            end: memmap::SMBASE_WINDOW.1,
+            kind: RESERVED,
+        },
+        Range {
+            start: 0xA0000,
+            end: 0x10_0000,
+            kind: RESERVED,
+        },
+        Range {
+            start: memmap::FIRMWARE_WINDOW.0,
+            end: memmap::FIRMWARE_WINDOW.1,
+            kind: RESERVED,
+        },
+        Range {
+            start: tables_base,
+            end: u64::from(tseg_base),
+            kind: TABLE,
+        },
+        Range {
+            start: u64::from(tseg_base),
+            end: u64::from(tseg_base) + u64::from(smm::TSEG_SIZE),
+            kind: RESERVED,
+        },
+    ];
+    let map = memmap::build(&ram, &reserved);
+    // SAFETY: the tables range and 0x500 are reserved for firmware tables above.
+    let table = unsafe { cbtables::write(tables_base, memmap::TABLES_SIZE as usize, &map) };
+
+    let entry = load_payload(&cfg, &map, tables_base);
+    mp::park_all();
+    log::info!(
+        "entering payload at {:#x} (coreboot tables at {:#x})",
+        entry,
+        table
+    );
+    payload::enter(entry, table, PAYLOAD_STACK_TOP)
+}
+
+/// SMM the way coreboot's SMM stage sets it up; any failure stops the boot.
+fn setup_smm(
+    cfg: &FwCfg<'_, HwPorts>,
+    topo: &q35::cpuhp::CpuTopology,
+    present: &[u32],
+    bsp_apic: u32,
+    granted: u64,
+    tseg_base: u32,
+    default_smram: bool,
+) {
     let tsc_per_us = timer::tsc_per_us();
     log::debug!("TSC: {} ticks per microsecond", tsc_per_us);
 
@@ -296,52 +377,6 @@ extern "C" fn rom_main() -> ! {
         layout.total_bytes,
         layout.slots
     );
-
-    // coreboot tables and the payload.
-    let reserved = [
-        Range {
-            start: 0,
-            end: memmap::LOW_TABLE_END,
-            kind: TABLE,
-        },
-        Range {
-            start: memmap::SMBASE_WINDOW.0,
-            end: memmap::SMBASE_WINDOW.1,
-            kind: RESERVED,
-        },
-        Range {
-            start: 0xA0000,
-            end: 0x10_0000,
-            kind: RESERVED,
-        },
-        Range {
-            start: memmap::FIRMWARE_WINDOW.0,
-            end: memmap::FIRMWARE_WINDOW.1,
-            kind: RESERVED,
-        },
-        Range {
-            start: tables_base,
-            end: u64::from(tseg_base),
-            kind: TABLE,
-        },
-        Range {
-            start: u64::from(tseg_base),
-            end: u64::from(tseg_base) + u64::from(smm::TSEG_SIZE),
-            kind: RESERVED,
-        },
-    ];
-    let map = memmap::build(&ram, &reserved);
-    // SAFETY: the tables range and 0x500 are reserved for firmware tables above.
-    let table = unsafe { cbtables::write(tables_base, memmap::TABLES_SIZE as usize, &map) };
-
-    let entry = load_payload(&cfg, &map, tables_base);
-    mp::park_all();
-    log::info!(
-        "entering payload at {:#x} (coreboot tables at {:#x})",
-        entry,
-        table
-    );
-    payload::enter(entry, table, PAYLOAD_STACK_TOP)
 }
 
 /// Load `opt/cbpayload` from fw_cfg when QEMU provides it, else the built-in payload.

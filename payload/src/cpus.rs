@@ -40,7 +40,7 @@ pub fn ap_main(index: u32) -> ! {
         for _ in 0..AP_APMC4_WRITES.load(Ordering::SeqCst) {
             crate::hotplug::raise_apmc4();
         }
-        let (s, c) = smm_handler::diag::query().unwrap_or((u64::MAX, 0));
+        let (s, c) = crate::smi_query().unwrap_or((u64::MAX, 0));
         me.slot.store(s, Ordering::SeqCst);
         me.count.store(c, Ordering::SeqCst);
         me.done.store(1, Ordering::SeqCst);
@@ -61,13 +61,15 @@ pub(crate) fn timer() -> PmTimer<'static, HwPorts> {
 pub(crate) fn init_sipi_sipi(apic: u32) -> bool {
     let tm = timer();
     let vec = entry::AP_TRAMPOLINE >> 12;
-    let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok() && {
-        tm.delay_us(10_000);
-        lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
-    } && {
-        tm.delay_us(200);
-        lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
-    };
+    let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok()
+        && {
+            tm.delay_us(10_000);
+            lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
+        }
+        && {
+            tm.delay_us(200);
+            lapic::send_ipi(apic, lapic::ICR_STARTUP | vec).is_ok()
+        };
     if !ok {
         println!("payload: INIT-SIPI-SIPI to APIC {} failed", apic);
     }
@@ -142,7 +144,7 @@ pub fn check(r: &mut Report, t: &Tables) {
 
     // The BSP's own SMI, then each AP's answer.
     let mut seen: heapless::Vec<(u32, u32, u32, u64), MAX_CPUS> = heapless::Vec::new();
-    let b = smm_handler::diag::query();
+    let b = crate::smi_query();
     let _ = seen.push(match b {
         Some((s, c)) => (bsp, s as u32, (s >> 32) as u32, c),
         None => (bsp, u32::MAX, 0, 0),

@@ -26,15 +26,27 @@ fn file_str<'b>(cfg: &FwCfg<'_, HwPorts>, name: &str, buf: &'b mut [u8; 32]) -> 
     let f = cfg.find_file(name)?;
     let n = (f.size as usize).min(buf.len());
     cfg.read_file(f, &mut buf[..n]).ok()?;
-    core::str::from_utf8(&buf[..n]).ok().map(|s| s.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
+    core::str::from_utf8(&buf[..n])
+        .ok()
+        .map(|s| s.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
 }
 
 impl Plan {
     pub fn read() -> Plan {
-        let mut p = Plan { expect_cpus: 0, early_init: false, attack: false, apmc4_storm: 0, storm_two_cpus: false };
-        let Ok(cfg) = FwCfg::detect(&HwPorts) else { return p };
+        let mut p = Plan {
+            expect_cpus: 0,
+            early_init: false,
+            attack: false,
+            apmc4_storm: 0,
+            storm_two_cpus: false,
+        };
+        let Ok(cfg) = FwCfg::detect(&HwPorts) else {
+            return p;
+        };
         let mut b = [0u8; 32];
-        p.expect_cpus = file_str(&cfg, "opt/payload/hotplug", &mut b).and_then(|s| s.parse().ok()).unwrap_or(0);
+        p.expect_cpus = file_str(&cfg, "opt/payload/hotplug", &mut b)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let mut b = [0u8; 32];
         if let Some(v) = file_str(&cfg, "opt/payload/hotplug-variant", &mut b) {
             p.early_init = v.contains("early-init");
@@ -56,6 +68,9 @@ impl Plan {
 /// `out 0xB2, 4` as QEMU's AML does (`\_SB.PCI0.SMI0.SMIC`), then `pause` so the SMI is
 /// taken before the next step under TCG.
 pub fn raise_apmc4() {
+    if !crate::smm_present() {
+        return;
+    }
     // SAFETY: an I/O write to the APM control port; SMM handles it and returns.
     unsafe {
         core::arch::asm!("out dx, al", "pause", "pause", in("dx") ich9::APM_CNT, in("al") 4u8, options(nostack))
@@ -153,16 +168,25 @@ pub fn storm(r: &mut Report, plan: &Plan) {
         raise_apmc4();
     }
     let us = tm.elapsed_us(&mut sw);
-    let back = smm_handler::diag::query().is_some();
+    let back = crate::smi_query().is_some();
     let aps_ok = !plan.storm_two_cpus
-        || tm.wait_until(20_000_000, || cpus::APS.iter().skip(1).any(|a| a.done.load(Ordering::SeqCst) == 1));
+        || tm.wait_until(20_000_000, || {
+            cpus::APS
+                .iter()
+                .skip(1)
+                .any(|a| a.done.load(Ordering::SeqCst) == 1)
+        });
     r.check(
         "apmc4-storm",
         back && aps_ok,
         format_args!(
             "{} x APMC 4 with nothing pending{} in {} us ({} us each); SMM still answers: {}",
             plan.apmc4_storm,
-            if plan.storm_two_cpus { " from two CPUs at once" } else { "" },
+            if plan.storm_two_cpus {
+                " from two CPUs at once"
+            } else {
+                ""
+            },
             us,
             us / u64::from(plan.apmc4_storm),
             back && aps_ok
@@ -175,9 +199,12 @@ pub fn smi_round_trip() {
     let tm = cpus::timer();
     let mut sw = tm.start();
     for _ in 0..100 {
-        let _ = smm_handler::diag::query();
+        let _ = crate::smi_query();
     }
-    println!("payload: null SMI round trip {} us (mean of 100)", tm.elapsed_us(&mut sw) / 100);
+    println!(
+        "payload: null SMI round trip {} us (mean of 100)",
+        tm.elapsed_us(&mut sw) / 100
+    );
 }
 
 pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
@@ -187,7 +214,11 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
     let ports = HwPorts;
     let hp = CpuHp::new(&ports);
     let Ok(topo) = hp.count() else {
-        r.check("hotplug", false, format_args!("CPU hotplug register block unreadable"));
+        r.check(
+            "hotplug",
+            false,
+            format_args!("CPU hotplug register block unreadable"),
+        );
         return;
     };
     let pmbase = ich9::pmbase(&ports).unwrap_or(ich9::PMBASE);
@@ -265,23 +296,37 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
                 us,
                 if ok && fresh { "ok" } else { "FAIL" }
             );
-            r.check("hotplug-cpu", ok && fresh, format_args!("APIC {} online with its own SMM slot {}", apic, slot as i64));
+            r.check(
+                "hotplug-cpu",
+                ok && fresh,
+                format_args!("APIC {} online with its own SMM slot {}", apic, slot as i64),
+            );
         }
     }
     r.check(
         "hotplug-count",
         onlined == plan.expect_cpus,
-        format_args!("{} of {} expected hot-added CPUs came online", onlined, plan.expect_cpus),
+        format_args!(
+            "{} of {} expected hot-added CPUs came online",
+            onlined, plan.expect_cpus
+        ),
     );
     if plan.attack {
         let (marker, leaked) = leak_state();
         r.check(
             "attack-nothing-planted-ran-in-smm",
             !leaked,
-            format_args!("planted code ran: {}; bytes copied out of TSEG: {}", marker, leaked),
+            format_args!(
+                "planted code ran: {}; bytes copied out of TSEG: {}",
+                marker, leaked
+            ),
         );
     }
     // Every CPU, old and new, still takes SMIs and comes back.
-    let back = smm_handler::diag::query().is_some();
-    r.check("smi-after-hotplug", back, format_args!("BSP SMI round trip after hot-add"));
+    let back = crate::smi_query().is_some();
+    r.check(
+        "smi-after-hotplug",
+        back,
+        format_args!("BSP SMI round trip after hot-add"),
+    );
 }

@@ -41,6 +41,23 @@ impl Report {
     }
 }
 
+/// Whether firmware set up SMM (SMRAM locked): without it the payload raises no SMIs,
+/// as an OS on a machine without SMM would not (QEMU smm=off, the benchmark baseline).
+static SMM_PRESENT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+pub fn smm_present() -> bool {
+    SMM_PRESENT.load(core::sync::atomic::Ordering::SeqCst)
+}
+
+/// The diagnostic SMI query, only where SMM exists.
+pub fn smi_query() -> Option<(u64, u64)> {
+    if smm_present() {
+        smm_handler::diag::query()
+    } else {
+        None
+    }
+}
+
 /// fw_cfg file that keeps QEMU running after the result (for QMP queries by tests).
 const STAY_FILE: &str = "opt/payload/stay";
 
@@ -92,6 +109,14 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
         failed: None,
         count: 0,
     };
+    let smramc = q35::mch::Mch::new(&HwPorts).smramc();
+    SMM_PRESENT.store(
+        smramc & q35::mch::SMRAMC_D_LCK != 0,
+        core::sync::atomic::Ordering::SeqCst,
+    );
+    if !smm_present() {
+        println!("payload: SMRAM is not locked: no SMM, no SMIs will be raised");
+    }
 
     let tables = match cbtables::parse(u64::from(table_ptr)) {
         Ok(t) => t,

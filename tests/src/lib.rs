@@ -94,6 +94,8 @@ pub struct VmConfig {
     pub extra: Vec<String>,
     pub qmp: bool,
     pub bios: Option<PathBuf>,
+    /// `smm=on` (default); `false` only for the no-SMM benchmark baseline.
+    pub smm: bool,
 }
 
 impl VmConfig {
@@ -104,6 +106,7 @@ impl VmConfig {
             extra: Vec::new(),
             qmp: false,
             bios: None,
+            smm: true,
         }
     }
 
@@ -174,9 +177,10 @@ impl Vm {
         let serial = dir.path().join("serial.log");
         let stderr_path = dir.path().join("stderr.log");
         let mut cmd = Command::new(&qemu);
+        let machine = if cfg.smm { "q35,smm=on" } else { "q35,smm=off" };
         cmd.args([
             "-machine",
-            "q35,smm=on",
+            machine,
             "-accel",
             "tcg",
             "-display",
