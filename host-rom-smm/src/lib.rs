@@ -11,8 +11,8 @@
 use core::ptr::{addr_of, read_volatile, write_volatile};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use q35::io::{HwPorts, PortIo};
 use q35::ich9::APM_CNT;
+use q35::io::{HwPorts, PortIo};
 use q35::serial::{Serial, COM1};
 use smm_handler::diag;
 use smm_handler::first_smi::FixedWindow;
@@ -88,14 +88,22 @@ impl Platform for HostRom {
         (self.p.num_slots as usize).min(MAX_SLOTS)
     }
     fn slot_smbase(&self, slot: usize) -> Option<u32> {
-        self.p.slot_smbase.get(slot).copied().filter(|_| slot < self.slot_count())
+        self.p
+            .slot_smbase
+            .get(slot)
+            .copied()
+            .filter(|_| slot < self.slot_count())
     }
     fn set_route(&self, _slot: usize, _apic: Option<u32>) {
         // Each slot's stub copy knows its own slot index, so routing needs no table
         // here; the slot table itself records which APIC ID a slot serves.
     }
     fn is_possible_apic(&self, apic: u32) -> bool {
-        self.p.possible_apic_id.iter().take(self.p.num_possible as usize).any(|&a| a == apic)
+        self.p
+            .possible_apic_id
+            .iter()
+            .take(self.p.num_possible as usize)
+            .any(|&a| a == apic)
     }
     fn possible_count(&self) -> u32 {
         self.p.num_possible.min(MAX_SLOTS as u32)
@@ -126,7 +134,9 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     if p.magic != PARAMS_MAGIC || slot >= p.num_slots {
         return;
     }
-    let (Some(&smbase), Some(count)) = (p.slot_smbase.get(slot as usize), ENTRIES.get(slot as usize)) else {
+    let (Some(&smbase), Some(count)) =
+        (p.slot_smbase.get(slot as usize), ENTRIES.get(slot as usize))
+    else {
         return;
     };
     let n = count.fetch_add(1, Ordering::SeqCst) + 1;
@@ -145,9 +155,17 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
         write_ss(smbase, SS_RAX, rax);
     }
 
-    if LOCK.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+    if LOCK
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+    {
         if apmc == smm_handler::APMC_CPU_HOTPLUG {
-            let host = HostRom { p, window: FixedWindow { pen_base: p.pen_base } };
+            let host = HostRom {
+                p,
+                window: FixedWindow {
+                    pen_base: p.pen_base,
+                },
+            };
             let _ = hotplug::service(&host);
         }
         LOCK.store(false, Ordering::Release);
@@ -165,7 +183,13 @@ fn check_canary(p: &SmmParams, slot: u32) {
     let lo = p.stack_base + slot * p.stack_size;
     // SAFETY: the canary is the lowest qword of this slot's own stack in TSEG.
     if unsafe { read_volatile(lo as *const u64) } != STACK_CANARY {
-        SerialConsole.line(Level::Error, &[Part::Str(b"stack overflow on slot "), Part::Dec(slot.into())]);
+        SerialConsole.line(
+            Level::Error,
+            &[
+                Part::Str(b"stack overflow on slot "),
+                Part::Dec(slot.into()),
+            ],
+        );
         loop {
             // SAFETY: halting inside SMM after memory corruption: fail closed.
             unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };

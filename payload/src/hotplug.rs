@@ -18,6 +18,7 @@ pub struct Plan {
     pub expect_cpus: u32,
     pub early_init: bool,
     pub attack: bool,
+    pub sipi_attack: bool,
     pub apmc4_storm: u32,
     pub storm_two_cpus: bool,
 }
@@ -37,6 +38,7 @@ impl Plan {
             expect_cpus: 0,
             early_init: false,
             attack: false,
+            sipi_attack: false,
             apmc4_storm: 0,
             storm_two_cpus: false,
         };
@@ -50,6 +52,7 @@ impl Plan {
         let mut b = [0u8; 32];
         if let Some(v) = file_str(&cfg, "opt/payload/hotplug-variant", &mut b) {
             p.early_init = v.contains("early-init");
+            p.sipi_attack = v.contains("sipi-attack");
             p.attack = v.contains("attack");
         }
         let mut b = [0u8; 32];
@@ -109,6 +112,8 @@ fn scan(hp: &CpuHp<'_, HwPorts>, possible: u32, out: &mut heapless::Vec<(u32, u3
 // first 64 bytes of TSEG to LEAK_BUF; anywhere it runs it stores a marker.
 const LEAK_BUF: u64 = 0x7000;
 const MARKER: u64 = 0x7100;
+/// A page of usable RAM where the attacker plants code for its SIPI.
+const SIPI_PLANT: u64 = 0x9000;
 
 fn plant(at: u64, tseg: u32) {
     // 16-bit code: mov eax,tseg; mov esi,eax; mov edi,LEAK_BUF; mov ecx,16;
@@ -225,6 +230,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
     let tm = cpus::timer();
     if plan.attack {
         if let Some(t) = tseg {
+            plant(SIPI_PLANT, t);
             plant(0x38000, t);
             plant(u64::from(smm_handler::first_smi::PEN_BASE), t);
         }
@@ -251,6 +257,18 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
             // A hostile or eager OS starts the CPU before the SMI (R18).
             for &(_, apic) in &new {
                 init_sipi_sipi(apic);
+            }
+        }
+        if plan.sipi_attack {
+            // The new CPU waits at the gate inside SMM with its LAPIC in wait-for-SIPI;
+            // a SIPI to planted code must not move it there while it is in SMM (QEMU
+            // builds without the SIPI-in-SMM fix do; the first-SMI handler's self-SIPI
+            // narrows that window).
+            for &(_, apic) in &new {
+                let _ = lapic::send_ipi(apic, lapic::ICR_SMI);
+                tm.delay_us(5_000);
+                let _ = lapic::send_ipi(apic, lapic::ICR_STARTUP | (SIPI_PLANT >> 12) as u32);
+                tm.delay_us(5_000);
             }
         }
         if plan.attack {
