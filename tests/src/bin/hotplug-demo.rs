@@ -1,0 +1,62 @@
+//! Demo of a CPU hot-add: boot the host ROM, let the payload (the OS role) wait, plug N
+//! CPUs over QMP `device_add`, and print the console as it goes.
+//! Usage: hotplug-demo [N (default 2)] [-smp value (default 1,maxcpus=4)]
+
+use qemu_tests::{Vm, VmConfig, EXIT_PASS};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let smp = args.next().unwrap_or_else(|| "1,maxcpus=4".into());
+    let t = Duration::from_secs(120);
+    let cfg = VmConfig::new(&smp)
+        .with_qmp()
+        .arg("-fw_cfg")
+        .arg(&format!("name=opt/payload/hotplug,string={n}"));
+    let mut vm = match Vm::start(&cfg) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("hotplug-demo: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = vm.wait_for("payload: ready for hotplug", t) {
+        eprintln!("hotplug-demo: {e}");
+        std::process::exit(1);
+    }
+    let mut shown = vm.output().len();
+    print!("{}", vm.output());
+    let q = vm.qmp.as_mut().expect("QMP");
+    let list = q
+        .execute("query-hotpluggable-cpus", json!({}))
+        .expect("query-hotpluggable-cpus");
+    let mut free: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c.get("qom-path").is_none())
+        .cloned()
+        .collect();
+    free.reverse();
+    for (i, cpu) in free.iter().take(n).enumerate() {
+        let mut a = cpu["props"].clone();
+        a["driver"] = cpu["type"].clone();
+        a["id"] = json!(format!("cpu-hp{i}"));
+        println!(">>> QMP device_add {a}");
+        if let Err(e) = q.execute("device_add", a) {
+            println!(">>> QEMU refused: {e}");
+        }
+    }
+    let end = Instant::now() + t;
+    while !vm.output().contains("RESULT:") && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+        let out = vm.output();
+        print!("{}", &out[shown..]);
+        shown = out.len();
+    }
+    let o = vm.wait_exit(Duration::from_secs(10));
+    print!("{}", &o.output[shown.min(o.output.len())..]);
+    std::process::exit(if o.code() == Some(EXIT_PASS) { 0 } else { 1 });
+}
