@@ -57,10 +57,37 @@ pub(crate) fn timer() -> PmTimer<'static, HwPorts> {
     PmTimer::new(&HwPorts, base)
 }
 
+/// Low pages the payload uses (usable RAM below 1 MiB per the coreboot memory map):
+/// the AP trampoline, a scratch page for the attack checks, and a page to plant code in.
+pub(crate) static TRAMPOLINE_PAGE: AtomicU32 = AtomicU32::new(0);
+pub(crate) static SCRATCH_PAGE: AtomicU32 = AtomicU32::new(0);
+pub(crate) static PLANT_PAGE: AtomicU32 = AtomicU32::new(0);
+
+/// Pick the first three usable 4 KiB pages in 0x1000..0xA0000.
+fn pick_low_pages(t: &Tables) -> bool {
+    let mut found = [0u32; 3];
+    let mut n = 0;
+    let mut page = 0x1000u64;
+    while page < 0xA0000 && n < found.len() {
+        let usable = t.memory[..t.memory_len]
+            .iter()
+            .any(|m| m.kind == 1 && m.start <= page && page + 0x1000 <= m.start + m.size);
+        if usable {
+            found[n] = page as u32;
+            n += 1;
+        }
+        page += 0x1000;
+    }
+    TRAMPOLINE_PAGE.store(found[0], Ordering::SeqCst);
+    SCRATCH_PAGE.store(found[1], Ordering::SeqCst);
+    PLANT_PAGE.store(found[2], Ordering::SeqCst);
+    n == found.len()
+}
+
 /// Start `apic` in the payload's trampoline, as an OS brings a CPU online.
 pub(crate) fn init_sipi_sipi(apic: u32) -> bool {
     let tm = timer();
-    let vec = entry::AP_TRAMPOLINE >> 12;
+    let vec = TRAMPOLINE_PAGE.load(Ordering::SeqCst) >> 12;
     let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok()
         && {
             tm.delay_us(10_000);
@@ -85,22 +112,19 @@ pub(crate) fn find_ap(apic: u32) -> Option<&'static Ap> {
 
 pub fn check(r: &mut Report, t: &Tables) {
     let ports = HwPorts;
-    // The trampoline page must be RAM the firmware gave us.
-    let tp = u64::from(entry::AP_TRAMPOLINE);
-    let usable = t.memory[..t.memory_len]
-        .iter()
-        .any(|m| m.kind == 1 && m.start <= tp && tp + 0x1000 <= m.start + m.size);
-    if !usable {
+    // The trampoline and scratch pages must be RAM the firmware gave us.
+    if !pick_low_pages(t) {
         r.check(
-            "ap-trampoline-page",
+            "low-pages",
             false,
-            format_args!("{:#x} is not usable RAM", tp),
+            format_args!("fewer than 3 usable pages below 640 KiB"),
         );
         return;
     }
-    let code = entry::ap_trampoline();
+    let tp = TRAMPOLINE_PAGE.load(Ordering::SeqCst);
+    println!("payload: AP trampoline at {:#x}", tp);
     // SAFETY: the page is usable RAM per the memory map and nothing else of ours uses it.
-    unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), tp as *mut u8, code.len()) };
+    unsafe { entry::install_ap_trampoline(tp) };
 
     let hp = CpuHp::new(&ports);
     let topo = match hp.count() {

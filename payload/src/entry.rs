@@ -2,8 +2,6 @@
 //! page tables → long mode → `payload_main`. APs started by the payload come through a
 //! real-mode trampoline and join the same path.
 
-/// SIPI page for the payload's APs (usable RAM below 1 MiB in the coreboot memory map).
-pub const AP_TRAMPOLINE: u32 = 0x8000;
 pub const AP_STACK_SIZE: usize = 16 * 1024;
 pub const MAX_CPUS: usize = 64;
 
@@ -106,9 +104,11 @@ payload_ap_trampoline_start:
     movl %cr0, %eax
     orl $1, %eax
     movl %eax, %cr0
-    ljmpl $0x08, $({tramp} + 7f - payload_ap_trampoline_start)
+    ljmpl *%cs:(payload_ap_trampoline_far - payload_ap_trampoline_start)
     .code32
-7:  movw $0x10, %ax
+    .global payload_ap_trampoline32
+payload_ap_trampoline32:
+    movw $0x10, %ax
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
@@ -117,6 +117,12 @@ payload_ap_trampoline_start:
     .balign 4
 6:  .word 31
     .long payload_gdt
+    .balign 4
+    /* m16:32 far pointer to payload_ap_trampoline32 in the copy; patched at copy time. */
+    .global payload_ap_trampoline_far
+payload_ap_trampoline_far:
+    .long 0
+    .word 0x08
     .global payload_ap_trampoline_end
 payload_ap_trampoline_end:
     .code64
@@ -139,21 +145,30 @@ payload_ap_stacks: .skip {stack} * {max}
 "#,
     max = const MAX_CPUS,
     stack = const AP_STACK_SIZE,
-    tramp = const AP_TRAMPOLINE,
     options(att_syntax)
 );
 
 extern "C" {
     static payload_ap_trampoline_start: u8;
+    static payload_ap_trampoline32: u8;
+    static payload_ap_trampoline_far: u8;
     static payload_ap_trampoline_end: u8;
 }
 
-/// The AP trampoline blob (to be copied to `AP_TRAMPOLINE`).
-pub fn ap_trampoline() -> &'static [u8] {
-    // SAFETY: the two symbols bracket one blob in .rodata.
+/// Copy the AP trampoline to `page` (a usable 4 KiB page below 1 MiB) and patch its far
+/// jump for that address.
+///
+/// # Safety
+/// `page` must be usable RAM below 1 MiB that nothing else uses.
+pub unsafe fn install_ap_trampoline(page: u32) {
+    // SAFETY: the symbols bracket one blob in .rodata; the caller owns `page`.
     unsafe {
         let s = &payload_ap_trampoline_start as *const u8;
         let e = &payload_ap_trampoline_end as *const u8;
-        core::slice::from_raw_parts(s, e as usize - s as usize)
+        let len = e as usize - s as usize;
+        core::ptr::copy_nonoverlapping(s, page as *mut u8, len);
+        let far = &payload_ap_trampoline_far as *const u8 as usize - s as usize;
+        let off32 = &payload_ap_trampoline32 as *const u8 as usize - s as usize;
+        core::ptr::write_unaligned((page as usize + far) as *mut u32, page + off32 as u32);
     }
 }

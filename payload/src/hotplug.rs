@@ -108,29 +108,40 @@ fn scan(hp: &CpuHp<'_, HwPorts>, possible: u32, out: &mut heapless::Vec<(u32, u3
     }
 }
 
-// Attack: code the OS plants at 0x38000 and in the pen page. In SMM it would copy the
-// first 64 bytes of TSEG to LEAK_BUF; anywhere it runs it stores a marker.
-const LEAK_BUF: u64 = 0x7000;
-const MARKER: u64 = 0x7100;
-/// A page of usable RAM where the attacker plants code for its SIPI.
-const SIPI_PLANT: u64 = 0x9000;
+// Attack: code the OS plants at 0x38000, in the pen page and in a page of its own (for
+// a SIPI). In SMM it would copy the first 64 bytes of TSEG to the scratch page; anywhere
+// it runs it stores a marker at scratch + 0x100.
+fn leak_buf() -> u64 {
+    u64::from(cpus::SCRATCH_PAGE.load(Ordering::SeqCst))
+}
+
+fn marker() -> u64 {
+    leak_buf() + 0x100
+}
+
+fn sipi_plant() -> u64 {
+    u64::from(cpus::PLANT_PAGE.load(Ordering::SeqCst))
+}
 
 fn plant(at: u64, tseg: u32) {
-    // 16-bit code: mov eax,tseg; mov esi,eax; mov edi,LEAK_BUF; mov ecx,16;
+    // 16-bit code: mov esi,tseg; mov edi,leak; mov ecx,16;
     // 1: mov edx,[esi] (addr32); mov [edi],edx; add esi,4; add edi,4; loop 1b;
-    // mov dword [MARKER],0x4B434148 ("HACK"); cli; hlt
+    // mov dword [marker],0x4B434148 ("HACK") (addr32); cli; hlt
     let t = tseg.to_le_bytes();
-    let code: [u8; 48] = [
+    let l = (leak_buf() as u32).to_le_bytes();
+    let m = (marker() as u32).to_le_bytes();
+    let code: [u8; 50] = [
         0x66, 0xBE, t[0], t[1], t[2], t[3], // mov esi, tseg
-        0x66, 0xBF, 0x00, 0x70, 0x00, 0x00, // mov edi, 0x7000
+        0x66, 0xBF, l[0], l[1], l[2], l[3], // mov edi, leak
         0x66, 0xB9, 0x10, 0x00, 0x00, 0x00, // mov ecx, 16
         0x67, 0x66, 0x8B, 0x16, // mov edx, [esi]
         0x67, 0x66, 0x89, 0x17, // mov [edi], edx
         0x66, 0x83, 0xC6, 0x04, // add esi, 4
         0x66, 0x83, 0xC7, 0x04, // add edi, 4
         0xE2, 0xEE, // loop
-        0x66, 0xC7, 0x06, 0x00, 0x71, 0x48, 0x41, 0x43, 0x4B, // mov dword [0x7100], "HACK"
-        0xFA, 0xF4, 0x90, // cli; hlt
+        0x67, 0x66, 0xC7, 0x05, m[0], m[1], m[2], m[3], 0x48, 0x41, 0x43,
+        0x4B, // mov dword [marker], "HACK"
+        0xFA, 0xF4, // cli; hlt
     ];
     // SAFETY: the OS role writes where an attacker would; the firmware must make these
     // writes harmless (0x38000 is locked SMRAM, the pen page is re-installed by SMM).
@@ -140,10 +151,10 @@ fn plant(at: u64, tseg: u32) {
 fn leak_state() -> (bool, bool) {
     // SAFETY: reading payload-owned low RAM (usable in the memory map).
     unsafe {
-        let marker = core::ptr::read_volatile(MARKER as *const u32) == 0x4B43_4148;
+        let marker = core::ptr::read_volatile(marker() as *const u32) == 0x4B43_4148;
         let mut leaked = false;
         for i in 0..16u64 {
-            let v = core::ptr::read_volatile((LEAK_BUF + 4 * i) as *const u32);
+            let v = core::ptr::read_volatile((leak_buf() + 4 * i) as *const u32);
             leaked |= v != 0 && v != 0xFFFF_FFFF;
         }
         (marker, leaked)
@@ -230,7 +241,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
     let tm = cpus::timer();
     if plan.attack {
         if let Some(t) = tseg {
-            plant(SIPI_PLANT, t);
+            plant(sipi_plant(), t);
             plant(0x38000, t);
             plant(u64::from(smm_handler::first_smi::PEN_BASE), t);
         }
@@ -267,7 +278,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
             for &(_, apic) in &new {
                 let _ = lapic::send_ipi(apic, lapic::ICR_SMI);
                 tm.delay_us(5_000);
-                let _ = lapic::send_ipi(apic, lapic::ICR_STARTUP | (SIPI_PLANT >> 12) as u32);
+                let _ = lapic::send_ipi(apic, lapic::ICR_STARTUP | (sipi_plant() >> 12) as u32);
                 tm.delay_us(5_000);
             }
         }
