@@ -253,8 +253,13 @@ impl crate::hotplug::Window for FixedWindow {
         // SAFETY: the gate is an 8-byte aligned u64 in SMRAM at 0x30000, shared only with
         // the first-SMI handler's `lock cmpxchg8b`.
         let gate = unsafe { core::sync::atomic::AtomicU64::from_ptr(ctx(CTX_GATE)) };
-        gate.compare_exchange(old, new, core::sync::atomic::Ordering::SeqCst, core::sync::atomic::Ordering::SeqCst)
-            .is_ok()
+        gate.compare_exchange(
+            old,
+            new,
+            core::sync::atomic::Ordering::SeqCst,
+            core::sync::atomic::Ordering::SeqCst,
+        )
+        .is_ok()
     }
     fn set_new_smbase(&self, smbase: u32) {
         // SAFETY: context field in SMRAM; written only while the gate is closed (R8).

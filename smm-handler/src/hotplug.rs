@@ -123,18 +123,38 @@ pub fn scan_inserts<P: Platform + ?Sized>(p: &P, out: &mut heapless::Vec<u32, MA
         if st & cpuhp::STS_INSERT != 0 {
             inserts += 1;
             if st & cpuhp::STS_ENABLED == 0 || st & cpuhp::STS_FW_REMOVE != 0 {
-                p.log(Level::Warn, &[Part::Str(b"cpuhp: inconsistent status "), Part::Hex(st.into()),
-                    Part::Str(b" at selector "), Part::Dec(cur.into()), Part::Str(b", skipped")]);
+                p.log(
+                    Level::Warn,
+                    &[
+                        Part::Str(b"cpuhp: inconsistent status "),
+                        Part::Hex(st.into()),
+                        Part::Str(b" at selector "),
+                        Part::Dec(cur.into()),
+                        Part::Str(b", skipped"),
+                    ],
+                );
             } else {
                 match hp.arch_id() {
                     Some(apic) => push_unique(out, apic),
-                    None => p.log(Level::Warn, &[Part::Str(b"cpuhp: arch ID above 32 bits at selector "),
-                        Part::Dec(cur.into()), Part::Str(b", skipped")]),
+                    None => p.log(
+                        Level::Warn,
+                        &[
+                            Part::Str(b"cpuhp: arch ID above 32 bits at selector "),
+                            Part::Dec(cur.into()),
+                            Part::Str(b", skipped"),
+                        ],
+                    ),
                 }
             }
         } else if st & cpuhp::STS_FW_REMOVE != 0 {
-            p.log(Level::Warn, &[Part::Str(b"cpuhp: eject request for selector "), Part::Dec(cur.into()),
-                Part::Str(b" ignored: hot-unplug is not serviced by this handler")]);
+            p.log(
+                Level::Warn,
+                &[
+                    Part::Str(b"cpuhp: eject request for selector "),
+                    Part::Dec(cur.into()),
+                    Part::Str(b" ignored: hot-unplug is not serviced by this handler"),
+                ],
+            );
         } else if st & cpuhp::STS_REMOVE == 0 {
             break;
         }
@@ -161,7 +181,14 @@ fn acceptable<P: Platform + ?Sized>(p: &P, apic: u32) -> bool {
     } else {
         return true;
     };
-    p.log(Level::Warn, &[Part::Str(b"APIC ID "), Part::Dec(apic.into()), Part::Str(why)]);
+    p.log(
+        Level::Warn,
+        &[
+            Part::Str(b"APIC ID "),
+            Part::Dec(apic.into()),
+            Part::Str(why),
+        ],
+    );
     false
 }
 
@@ -180,13 +207,25 @@ pub fn service<P: Platform + ?Sized>(p: &P) -> Summary {
     cands.retain(|&a| acceptable(p, a));
     if cands.is_empty() {
         if s.inserts > 0 {
-            p.log(Level::Debug, &[Part::Str(b"APMC 4: "), Part::Dec(s.inserts.into()),
-                Part::Str(b" insert event(s), all CPUs already known")]);
+            p.log(
+                Level::Debug,
+                &[
+                    Part::Str(b"APMC 4: "),
+                    Part::Dec(s.inserts.into()),
+                    Part::Str(b" insert event(s), all CPUs already known"),
+                ],
+            );
         }
         return s;
     }
-    p.log(Level::Info, &[Part::Str(b"APMC 4: "), Part::Dec(cands.len() as u64),
-        Part::Str(b" new CPU(s) to relocate")]);
+    p.log(
+        Level::Info,
+        &[
+            Part::Str(b"APMC 4: "),
+            Part::Dec(cands.len() as u64),
+            Part::Str(b" new CPU(s) to relocate"),
+        ],
+    );
 
     // Arrival barrier: no SMI may still be on its way to a default-SMBASE CPU while the
     // gate is open (ERRATA E01), so everyone must have arrived, or be cancelled, first.
@@ -215,8 +254,16 @@ pub fn service<P: Platform + ?Sized>(p: &P) -> Summary {
         cands.retain(|&a| {
             let ok = w.arrived(a) != 0;
             if !ok {
-                p.log(Level::Warn, &[Part::Str(b"APIC ID "), Part::Dec(a.into()),
-                    Part::Str(b" never arrived in the first-SMI handler; left at the default SMBASE")]);
+                p.log(
+                    Level::Warn,
+                    &[
+                        Part::Str(b"APIC ID "),
+                        Part::Dec(a.into()),
+                        Part::Str(
+                            b" never arrived in the first-SMI handler; left at the default SMBASE",
+                        ),
+                    ],
+                );
             }
             ok
         });
@@ -236,8 +283,14 @@ pub fn service<P: Platform + ?Sized>(p: &P) -> Summary {
 fn relocate<P: Platform + ?Sized>(p: &P, apic: u32, s: &mut Summary) -> Step {
     let slots = p.slots();
     let Some(n) = slots.first_free(p.slot_count()) else {
-        p.log(Level::Warn, &[Part::Str(b"no free SMM slot for APIC ID "), Part::Dec(apic.into()),
-            Part::Str(b": it waits at the closed gate in locked SMRAM")]);
+        p.log(
+            Level::Warn,
+            &[
+                Part::Str(b"no free SMM slot for APIC ID "),
+                Part::Dec(apic.into()),
+                Part::Str(b": it waits at the closed gate in locked SMRAM"),
+            ],
+        );
         s.skipped += 1;
         return Step::Next;
     };
@@ -254,7 +307,12 @@ fn relocate<P: Platform + ?Sized>(p: &P, apic: u32, s: &mut Summary) -> Step {
     w.clear_about_to_leave();
     w.set_new_smbase(smbase);
     if !w.gate_cas(crate::first_smi::GATE_CLOSED, u64::from(apic)) {
-        p.log(Level::Error, &[Part::Str(b"gate was not closed: hotplug processing stopped")]);
+        p.log(
+            Level::Error,
+            &[Part::Str(
+                b"gate was not closed: hotplug processing stopped",
+            )],
+        );
         undo(p, n);
         s.quarantined += 1;
         return Step::Stop;
@@ -264,23 +322,46 @@ fn relocate<P: Platform + ?Sized>(p: &P, apic: u32, s: &mut Summary) -> Step {
             // It never took the gate: nothing happened to it.
             undo(p, n);
             w.clear_arrived(apic);
-            p.log(Level::Warn, &[Part::Str(b"APIC ID "), Part::Dec(apic.into()),
-                Part::Str(b" did not take the gate; slot "), Part::Dec(n as u64), Part::Str(b" freed")]);
+            p.log(
+                Level::Warn,
+                &[
+                    Part::Str(b"APIC ID "),
+                    Part::Dec(apic.into()),
+                    Part::Str(b" did not take the gate; slot "),
+                    Part::Dec(n as u64),
+                    Part::Str(b" freed"),
+                ],
+            );
             s.skipped += 1;
             return Step::Next;
         }
         slots.set(n, slots::QUARANTINED, apic);
-        p.log(Level::Error, &[Part::Str(b"APIC ID "), Part::Dec(apic.into()),
-            Part::Str(b" stuck inside the first-SMI handler; slot "), Part::Dec(n as u64),
-            Part::Str(b" quarantined, stopping this SMI")]);
+        p.log(
+            Level::Error,
+            &[
+                Part::Str(b"APIC ID "),
+                Part::Dec(apic.into()),
+                Part::Str(b" stuck inside the first-SMI handler; slot "),
+                Part::Dec(n as u64),
+                Part::Str(b" quarantined, stopping this SMI"),
+            ],
+        );
         s.quarantined += 1;
         return Step::Stop;
     }
     // Only now look at the OS-writable pen byte (R4).
     if !wait(p, T_PEN_US, || w.pen_signal() != 0) {
         slots.set(n, slots::QUARANTINED, apic);
-        p.log(Level::Error, &[Part::Str(b"APIC ID "), Part::Dec(apic.into()),
-            Part::Str(b" never reached the pen; slot "), Part::Dec(n as u64), Part::Str(b" quarantined")]);
+        p.log(
+            Level::Error,
+            &[
+                Part::Str(b"APIC ID "),
+                Part::Dec(apic.into()),
+                Part::Str(b" never reached the pen; slot "),
+                Part::Dec(n as u64),
+                Part::Str(b" quarantined"),
+            ],
+        );
         s.quarantined += 1;
         return Step::Stop;
     }
@@ -288,9 +369,20 @@ fn relocate<P: Platform + ?Sized>(p: &P, apic: u32, s: &mut Summary) -> Step {
     w.clear_arrived(apic);
     s.relocated += 1;
     let us = p.now_us().wrapping_sub(t0);
-    p.log(Level::Info, &[Part::Str(b"relocated APIC ID "), Part::Dec(apic.into()), Part::Str(b" to slot "),
-        Part::Dec(n as u64), Part::Str(b" SMBASE "), Part::Hex(smbase.into()), Part::Str(b" in "),
-        Part::Dec(us), Part::Str(b" us")]);
+    p.log(
+        Level::Info,
+        &[
+            Part::Str(b"relocated APIC ID "),
+            Part::Dec(apic.into()),
+            Part::Str(b" to slot "),
+            Part::Dec(n as u64),
+            Part::Str(b" SMBASE "),
+            Part::Hex(smbase.into()),
+            Part::Str(b" in "),
+            Part::Dec(us),
+            Part::Str(b" us"),
+        ],
+    );
     Step::Next
 }
 

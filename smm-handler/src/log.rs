@@ -59,7 +59,11 @@ pub trait Console {
             if nib != 0 || started || shift == 0 {
                 started = true;
                 if let Some(b) = buf.get_mut(n) {
-                    *b = if nib < 10 { b'0' + nib } else { b'a' + nib - 10 };
+                    *b = if nib < 10 {
+                        b'0' + nib
+                    } else {
+                        b'a' + nib - 10
+                    };
                 }
                 n += 1;
             }

@@ -26,15 +26,22 @@ impl Slots {
     pub const fn new() -> Self {
         const F: AtomicU32 = AtomicU32::new(FREE);
         const N: AtomicU32 = AtomicU32::new(NO_APIC);
-        Self { state: [F; MAX_SLOTS], apic: [N; MAX_SLOTS] }
+        Self {
+            state: [F; MAX_SLOTS],
+            apic: [N; MAX_SLOTS],
+        }
     }
 
     pub fn state(&self, slot: usize) -> u32 {
-        self.state.get(slot).map_or(QUARANTINED, |s| s.load(Ordering::SeqCst))
+        self.state
+            .get(slot)
+            .map_or(QUARANTINED, |s| s.load(Ordering::SeqCst))
     }
 
     pub fn apic(&self, slot: usize) -> u32 {
-        self.apic.get(slot).map_or(NO_APIC, |s| s.load(Ordering::SeqCst))
+        self.apic
+            .get(slot)
+            .map_or(NO_APIC, |s| s.load(Ordering::SeqCst))
     }
 
     pub fn set(&self, slot: usize, state: u32, apic: u32) {

@@ -1,0 +1,938 @@
+//! A host simulation of the hot-add path: a fake `Platform` + `Window` over the q35-sim
+//! ports, with a simulated clock, a log collector, an SMM slot table, recorded IPIs and
+//! simulated new CPUs that play the first-SMI handler's side of the protocol (spec 6.4).
+//!
+//! Time only moves when the handler reads the clock: every `now_us` call advances it by
+//! `TICK_US` and lets every simulated CPU take one step. Bounded waits therefore end
+//! after a fixed number of polls and every run is deterministic.
+//!
+//! Besides the state the tests look at, the simulation records protocol violations it
+//! can see from the CPUs' side (`Machine::violations`): the gate opened while another
+//! relocation is in flight, the context written while the gate is open or a CPU is in
+//! flight (R8), INIT or an SMI IPI sent to a CPU that is marked arrived or inside the
+//! critical section (R13), a CPU admitted without a published RELOCATING mapping for the
+//! SMBASE it was handed, or leaving SMM while that mapping is not (yet) RELOCATING (R12,
+//! R15, spec 6.4 T3).
+#![allow(dead_code)]
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+
+use q35::cpuhp::CpuHp;
+use q35::io::PortIo;
+use q35::lapic;
+use q35_sim::Q35Sim;
+use smm_handler::first_smi::{CONTEXT_BASE, GATE_CLOSED, PEN_BASE};
+use smm_handler::hotplug::{self, Platform, Summary, Window};
+use smm_handler::log::{Console, Level, Part};
+use smm_handler::params;
+use smm_handler::slots::{self, Slots};
+
+/// Simulated microseconds per `now_us` call.
+pub const TICK_US: u64 = 2_000;
+/// SMBASE of slot 0 (slot i is `params::slot_smbase(TOP_SMBASE, i)`).
+pub const TOP_SMBASE: u32 = 0x7F00_0000;
+pub const DEFAULT_SMBASE: u32 = CONTEXT_BASE;
+/// Steps a cooperative CPU takes between taking the gate and `about_to_leave`, and
+/// between `about_to_leave` and running the pen.
+pub const ADMIT_STEPS: u32 = 2;
+pub const LEAVE_STEPS: u32 = 2;
+/// Steps from an SMI IPI to the CPU's arrival in the first-SMI handler.
+pub const SMI_ARRIVE_STEPS: u32 = 2;
+
+pub const HP_BASE: u16 = q35::cpuhp::BASE;
+pub const HP_LEN: u16 = 12;
+
+/// How a simulated hot-added CPU behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Pulled into the first-SMI handler by the broadcast SMI; cooperates.
+    Broadcast,
+    /// Plugged just after the broadcast: misses the first broadcast after its plug and
+    /// arrives only when an SMI IPI reaches it (edk2 cbccf99592); then cooperates.
+    AfterSmiIpi,
+    /// Never enters SMM (an SMI latched in wait-for-SIPI, a dead vCPU thread).
+    NeverArrives,
+    /// Arrives at the broadcast but never takes the gate.
+    NoGate,
+    /// Takes (and closes) the gate but never sets `about_to_leave`.
+    NoLeave,
+    /// Sets `about_to_leave` (and RSMs) but never reaches the pen.
+    NoPen,
+}
+
+impl Behaviour {
+    pub const ALL: [Behaviour; 6] = [
+        Behaviour::Broadcast,
+        Behaviour::AfterSmiIpi,
+        Behaviour::NeverArrives,
+        Behaviour::NoGate,
+        Behaviour::NoLeave,
+        Behaviour::NoPen,
+    ];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuState {
+    /// Outside SMM (fresh, reset by INIT, or in the pen); see `SimCpu::smbase`.
+    Outside,
+    /// An SMI IPI is on its way: arrives in the first-SMI handler after `n` steps.
+    SmiPending(u32),
+    /// Spinning on the gate in the first-SMI handler.
+    AtGate,
+    /// Took the gate; `n` more steps until `about_to_leave`.
+    Admitted(u32),
+    /// Set `about_to_leave` and left SMM at its new SMBASE; `n` steps until the pen.
+    Leaving(u32),
+    /// Ejected by the OS: gone for good.
+    Gone,
+}
+
+#[derive(Clone, Debug)]
+pub struct SimCpu {
+    pub apic: u32,
+    pub selector: usize,
+    pub behaviour: Behaviour,
+    pub state: CpuState,
+    /// The SMBASE the CPU has now (the default until it RSMs after taking the gate).
+    pub smbase: u32,
+    /// The `new_smbase` it read when it took the gate.
+    pub taken_smbase: Option<u32>,
+    /// Ran the pen code (relocated or, after INIT/SIPI, un-relocated).
+    pub in_pen: bool,
+    pub missed_broadcast: bool,
+    pub init_pending: bool,
+    pub inits: u32,
+    /// Steps from an SMI IPI to its arrival.
+    pub smi_delay: u32,
+}
+
+impl SimCpu {
+    /// Inside SMM at the default SMBASE, or past the gate.
+    pub fn in_smm(&self) -> bool {
+        matches!(self.state, CpuState::AtGate | CpuState::Admitted(_))
+    }
+    /// Took the gate and has not reached the pen.
+    pub fn in_flight(&self) -> bool {
+        matches!(self.state, CpuState::Admitted(_) | CpuState::Leaving(_))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ev {
+    /// The monarch's `gate_cas(closed -> apic)` succeeded.
+    GateOpened(u32),
+    /// The monarch's `gate_cas(apic -> closed)` succeeded.
+    GateClosedByMonarch(u32),
+    GateCasFailed {
+        old: u64,
+        new: u64,
+    },
+    /// The CPU took the gate (and closed it) with this `new_smbase`.
+    GateTaken(u32, u32),
+    AboutToLeave(u32),
+    Pen(u32),
+    NewSmbase(u32),
+    Arrived(u32),
+    Ipi(u32, u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipi {
+    pub apic: u32,
+    pub icr: u32,
+    pub at_us: u64,
+}
+
+pub fn delivery_mode(icr: u32) -> u32 {
+    (icr >> 8) & 7
+}
+
+pub const DM_SMI: u32 = 2;
+pub const DM_INIT: u32 = 5;
+pub const DM_STARTUP: u32 = 6;
+
+type ReadHook = Box<dyn FnMut(&Q35Sim, u16, u8, u32) -> u32>;
+
+/// The q35-sim ports, with an optional hook that rewrites reads of the CPU hotplug block
+/// (an OS moving the selector concurrently, a broken or hostile device) and counters.
+pub struct Ports {
+    pub sim: Q35Sim,
+    hook: RefCell<Option<ReadHook>>,
+    /// Dword writes to the selector register.
+    pub selector_writes: Cell<u64>,
+    /// Reads of the hotplug block.
+    pub hp_reads: Cell<u64>,
+}
+
+impl Ports {
+    fn new(sim: Q35Sim) -> Self {
+        Self {
+            sim,
+            hook: RefCell::new(None),
+            selector_writes: Cell::new(0),
+            hp_reads: Cell::new(0),
+        }
+    }
+
+    /// `f(sim, port, size, real value)` returns what the read of a hotplug port yields.
+    pub fn set_read_hook(&self, f: impl FnMut(&Q35Sim, u16, u8, u32) -> u32 + 'static) {
+        *self.hook.borrow_mut() = Some(Box::new(f));
+    }
+
+    pub fn clear_read_hook(&self) {
+        *self.hook.borrow_mut() = None;
+    }
+
+    fn filter(&self, port: u16, size: u8, real: u32) -> u32 {
+        if !(HP_BASE..HP_BASE + HP_LEN).contains(&port) {
+            return real;
+        }
+        self.hp_reads.set(self.hp_reads.get() + 1);
+        match self.hook.borrow_mut().as_mut() {
+            Some(f) => f(&self.sim, port, size, real),
+            None => real,
+        }
+    }
+}
+
+impl PortIo for Ports {
+    fn inb(&self, port: u16) -> u8 {
+        let v = u32::from(self.sim.inb(port));
+        self.filter(port, 1, v) as u8
+    }
+    fn inw(&self, port: u16) -> u16 {
+        let v = u32::from(self.sim.inw(port));
+        self.filter(port, 2, v) as u16
+    }
+    fn inl(&self, port: u16) -> u32 {
+        let v = self.sim.inl(port);
+        self.filter(port, 4, v)
+    }
+    fn outb(&self, port: u16, value: u8) {
+        self.sim.outb(port, value)
+    }
+    fn outw(&self, port: u16, value: u16) {
+        self.sim.outw(port, value)
+    }
+    fn outl(&self, port: u16, value: u32) {
+        if port == HP_BASE {
+            self.selector_writes.set(self.selector_writes.get() + 1);
+        }
+        self.sim.outl(port, value)
+    }
+}
+
+/// The default-SMBASE window at 0x30000 and the pen page, plus the simulated CPUs.
+pub struct WinState {
+    pub gate: u64,
+    pub new_smbase: u32,
+    pub about_to_leave: u8,
+    pub arrived: [u32; 256],
+    pub pen_signal: u8,
+    pub pen_resets: u32,
+    /// The arrival mark the first-SMI handler stores (the context's round).
+    pub round: u32,
+    pub cpus: Vec<SimCpu>,
+    pub events: Vec<Ev>,
+    pub ipis: Vec<Ipi>,
+    pub violations: Vec<String>,
+    /// The CPU the monarch opened the gate for in this service call and that has neither
+    /// reached the pen nor been shut out again.
+    pub in_flight: Option<u32>,
+    /// Number of times a CPU left SMM after taking the gate (each checked for R12/T3).
+    pub rsm_checks: u32,
+}
+
+struct Collect(RefCell<Vec<u8>>);
+
+impl Console for Collect {
+    fn write(&self, bytes: &[u8]) {
+        self.0.borrow_mut().extend_from_slice(bytes);
+    }
+}
+
+pub struct Machine {
+    pub ports: Ports,
+    pub arch_ids: Vec<u64>,
+    clock: Cell<u64>,
+    now_calls: Cell<u64>,
+    pub slots: Slots,
+    slot_count: usize,
+    routes: RefCell<Vec<Option<u32>>>,
+    possible: Vec<u32>,
+    possible_count: Cell<u32>,
+    /// Slots seeded with boot CPUs.
+    pub boot_slots: Vec<usize>,
+    /// The OS keeps writing 1 to the pen's signal byte (the pen page is OS-writable, R4).
+    pub os_writes_pen: Cell<bool>,
+    pen_faked: Cell<bool>,
+    pub st: RefCell<WinState>,
+    logs: RefCell<Vec<(Level, String)>>,
+}
+
+impl Machine {
+    /// `arch_ids[i]` is the APIC ID of selector `i`; `boot` the selectors present at
+    /// power-on (seeded into slots 0, 1, ... as ACTIVE); `slot_count` SMM slots. The
+    /// possible-APIC-ID set is every arch ID whose high dword is 0.
+    pub fn new(arch_ids: &[u64], boot: &[usize], slot_count: usize) -> Self {
+        let sim = Q35Sim::builder().cpus(arch_ids, boot).build();
+        CpuHp::new(&sim)
+            .switch_to_modern()
+            .expect("modern hotplug interface");
+        let possible: Vec<u32> = arch_ids
+            .iter()
+            .filter_map(|&a| u32::try_from(a).ok())
+            .collect();
+        let mut m = Self {
+            ports: Ports::new(sim),
+            arch_ids: arch_ids.to_vec(),
+            clock: Cell::new(1_000_000),
+            now_calls: Cell::new(0),
+            slots: Slots::new(),
+            slot_count,
+            routes: RefCell::new(vec![None; params::MAX_SLOTS]),
+            possible,
+            possible_count: Cell::new(arch_ids.len() as u32),
+            boot_slots: Vec::new(),
+            os_writes_pen: Cell::new(false),
+            pen_faked: Cell::new(false),
+            st: RefCell::new(WinState {
+                gate: GATE_CLOSED,
+                new_smbase: 0,
+                about_to_leave: 0,
+                arrived: [0; 256],
+                pen_signal: 0,
+                pen_resets: 0,
+                round: 1,
+                cpus: Vec::new(),
+                events: Vec::new(),
+                ipis: Vec::new(),
+                violations: Vec::new(),
+                in_flight: None,
+                rsm_checks: 0,
+            }),
+            logs: RefCell::new(Vec::new()),
+        };
+        for (n, &sel) in boot.iter().enumerate() {
+            let apic = arch_ids[sel] as u32;
+            m.slots.set(n, slots::ACTIVE, apic);
+            m.routes.borrow_mut()[n] = Some(apic);
+            m.boot_slots.push(n);
+        }
+        m
+    }
+
+    /// `-smp 1,maxcpus=n`: dense APIC IDs, the boot CPU in slot 0, `slots` SMM slots.
+    pub fn dense(n: usize, slots: usize) -> Self {
+        let ids: Vec<u64> = (0..n as u64).collect();
+        Self::new(&ids, &[0], slots)
+    }
+
+    pub fn with_possible(mut self, possible: &[u32]) -> Self {
+        self.possible = possible.to_vec();
+        self
+    }
+
+    pub fn set_possible_count(&self, n: u32) {
+        self.possible_count.set(n);
+    }
+
+    pub fn sim(&self) -> &Q35Sim {
+        &self.ports.sim
+    }
+
+    pub fn smbase_of_slot(n: usize) -> u32 {
+        params::slot_smbase(TOP_SMBASE, n as u32)
+    }
+
+    // ---- the outside world ----------------------------------------------------------
+
+    /// `device_add` of the CPU in `selector` (insert event, GPE) and its simulated CPU.
+    pub fn hot_add(&self, selector: usize, behaviour: Behaviour) {
+        self.sim().plug_cpu(selector).expect("plug_cpu");
+        self.add_cpu(selector, behaviour);
+    }
+
+    /// A simulated CPU for `selector` without touching the register block.
+    pub fn add_cpu(&self, selector: usize, behaviour: Behaviour) {
+        let apic = self.arch_ids[selector] as u32;
+        self.st.borrow_mut().cpus.push(SimCpu {
+            apic,
+            selector,
+            behaviour,
+            state: CpuState::Outside,
+            smbase: DEFAULT_SMBASE,
+            taken_smbase: None,
+            in_pen: false,
+            missed_broadcast: false,
+            init_pending: false,
+            inits: 0,
+            smi_delay: SMI_ARRIVE_STEPS,
+        });
+    }
+
+    /// How many steps an SMI IPI takes to bring `apic` in (a slow vCPU thread).
+    pub fn set_smi_delay(&self, apic: u32, steps: u32) {
+        for c in self.st.borrow_mut().cpus.iter_mut() {
+            if c.apic == apic {
+                c.smi_delay = steps;
+            }
+        }
+    }
+
+    /// The broadcast SMI of an APMC write: every CPU outside SMM at the default SMBASE
+    /// enters the first-SMI handler and announces itself (relocated CPUs enter their own
+    /// slots, which is not simulated here).
+    pub fn broadcast(&self) {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        for c in st.cpus.iter_mut() {
+            if c.state != CpuState::Outside || c.smbase != DEFAULT_SMBASE {
+                continue;
+            }
+            match c.behaviour {
+                Behaviour::NeverArrives => continue,
+                Behaviour::AfterSmiIpi if !c.missed_broadcast => {
+                    c.missed_broadcast = true;
+                    continue;
+                }
+                _ => {}
+            }
+            c.state = CpuState::AtGate;
+            c.in_pen = false;
+            c.init_pending = false;
+            if let Some(a) = st.arrived.get_mut(c.apic as usize) {
+                *a = st.round;
+            }
+            st.events.push(Ev::Arrived(c.apic));
+        }
+    }
+
+    /// QEMU's AML after the SMI: clear every insert event (it notifies the OS).
+    pub fn aml_clear_inserts(&self) {
+        for (i, s) in self.sim().cpu_slots().iter().enumerate() {
+            if s.inserting {
+                let ev = q35_sim::CpuEvents {
+                    insert: false,
+                    remove: s.removing,
+                    fw_remove: s.fw_remove,
+                };
+                self.sim().set_cpu_events(i, ev).unwrap();
+            }
+        }
+    }
+
+    /// The handler for one APMC 4, as the monarch runs it (checks reset per SMI).
+    pub fn service(&self) -> Summary {
+        self.st.borrow_mut().in_flight = None;
+        self.ports.selector_writes.set(0);
+        hotplug::service(self)
+    }
+
+    /// The AML's hot-add sequence: broadcast SMI, handler, clear insert events.
+    pub fn apmc4(&self) -> Summary {
+        self.broadcast();
+        let s = self.service();
+        self.aml_clear_inserts();
+        s
+    }
+
+    /// The OS ejects `selector` through the register block (control bit 3); a simulated
+    /// CPU there is destroyed. Returns whether it went away.
+    pub fn os_eject(&self, selector: usize) -> bool {
+        let hp = CpuHp::new(&self.ports);
+        hp.select(selector as u32);
+        hp.control(q35::cpuhp::CTL_EJECT);
+        let gone = !self.sim().cpu_slot(selector).is_some_and(|s| s.present);
+        if gone {
+            for c in self.st.borrow_mut().cpus.iter_mut() {
+                if c.selector == selector {
+                    c.state = CpuState::Gone;
+                }
+            }
+        }
+        gone
+    }
+
+    /// An SMI IPI sent by the OS (not recorded as the handler's).
+    pub fn os_smi_ipi(&self, apic: u32) {
+        let mut st = self.st.borrow_mut();
+        for c in st.cpus.iter_mut() {
+            if c.apic == apic
+                && c.state == CpuState::Outside
+                && c.smbase == DEFAULT_SMBASE
+                && c.behaviour != Behaviour::NeverArrives
+            {
+                c.state = CpuState::SmiPending(c.smi_delay);
+            }
+        }
+    }
+
+    // ---- observations -----------------------------------------------------------------
+
+    pub fn now(&self) -> u64 {
+        self.clock.get()
+    }
+
+    pub fn now_calls(&self) -> u64 {
+        self.now_calls.get()
+    }
+
+    pub fn logs(&self) -> Vec<(Level, String)> {
+        self.logs.borrow().clone()
+    }
+
+    pub fn log_count(&self) -> usize {
+        self.logs.borrow().len()
+    }
+
+    /// Log lines (with their level tag) containing `needle`.
+    pub fn logs_with(&self, needle: &str) -> Vec<String> {
+        self.logs
+            .borrow()
+            .iter()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    pub fn ipis(&self) -> Vec<Ipi> {
+        self.st.borrow().ipis.clone()
+    }
+
+    pub fn ipis_to(&self, apic: u32) -> Vec<u32> {
+        self.ipis()
+            .iter()
+            .filter(|i| i.apic == apic)
+            .map(|i| i.icr)
+            .collect()
+    }
+
+    pub fn events(&self) -> Vec<Ev> {
+        self.st.borrow().events.clone()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.st.borrow().violations.clone()
+    }
+
+    pub fn gate(&self) -> u64 {
+        self.st.borrow().gate
+    }
+
+    pub fn arrived_mark(&self, apic: u32) -> u32 {
+        self.st
+            .borrow()
+            .arrived
+            .get(apic as usize)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn cpu(&self, apic: u32) -> SimCpu {
+        self.st
+            .borrow()
+            .cpus
+            .iter()
+            .find(|c| c.apic == apic)
+            .cloned()
+            .expect("simulated CPU")
+    }
+
+    pub fn route(&self, slot: usize) -> Option<u32> {
+        self.routes.borrow()[slot]
+    }
+
+    pub fn slot(&self, n: usize) -> (u32, u32) {
+        (self.slots.state(n), self.slots.apic(n))
+    }
+
+    /// (state, apic) of every slot laid out.
+    pub fn slot_table(&self) -> Vec<(u32, u32)> {
+        (0..self.slot_count).map(|n| self.slot(n)).collect()
+    }
+
+    pub fn slots_laid_out(&self) -> usize {
+        self.slot_count
+    }
+
+    pub fn possible_set(&self) -> &[u32] {
+        &self.possible
+    }
+
+    pub fn quarantined(&self) -> BTreeSet<usize> {
+        (0..params::MAX_SLOTS)
+            .filter(|&n| self.slots.state(n) == slots::QUARANTINED)
+            .collect()
+    }
+
+    /// The invariants that must hold whenever `service` has returned. Returns the broken
+    /// ones (empty = all hold).
+    pub fn broken_invariants(&self, quarantined_before: &BTreeSet<usize>) -> Vec<String> {
+        let mut bad = self.violations();
+        let mut seen = BTreeSet::new();
+        for n in 0..params::MAX_SLOTS {
+            let (state, apic) = self.slot(n);
+            if n >= self.slot_count && state != slots::FREE {
+                bad.push(format!(
+                    "slot {n} beyond the slot count is in state {state}"
+                ));
+            }
+            if state == slots::FREE {
+                if self.route(n).is_some() {
+                    bad.push(format!("free slot {n} still routed to {:?}", self.route(n)));
+                }
+                continue;
+            }
+            if !seen.insert(apic) {
+                bad.push(format!("APIC ID {apic} owns more than one slot"));
+            }
+            if state == slots::RELOCATING {
+                bad.push(format!("slot {n} RELOCATING after service returned"));
+            }
+            if state == slots::ACTIVE || state == slots::RELOCATING {
+                if !self.possible.contains(&apic) || apic >= 256 {
+                    bad.push(format!("slot {n} serves invalid APIC ID {apic}"));
+                }
+                if self.route(n) != Some(apic) {
+                    bad.push(format!("slot {n} ({apic}) routed to {:?}", self.route(n)));
+                }
+            }
+            if state == slots::ACTIVE && !self.boot_slots.contains(&n) {
+                let smbase = Self::smbase_of_slot(n);
+                let st = self.st.borrow();
+                // With a faked pen byte a CPU that left SMM but never ran the pen may be
+                // taken for relocated (accepted residual, R17); it still has the SMBASE.
+                let faked = self.pen_faked.get();
+                let ok = st.cpus.iter().any(|c| {
+                    c.apic == apic
+                        && c.smbase == smbase
+                        && (c.in_pen || c.state == CpuState::Gone || faked)
+                });
+                if !ok {
+                    bad.push(format!(
+                        "ACTIVE slot {n} ({apic}) has no CPU that ran the pen at {smbase:#x}"
+                    ));
+                }
+            }
+        }
+        for &n in quarantined_before {
+            if self.slots.state(n) != slots::QUARANTINED {
+                bad.push(format!("quarantined slot {n} was reused"));
+            }
+        }
+        if self.gate() != GATE_CLOSED {
+            bad.push(format!("gate left open: {:#x}", self.gate()));
+        }
+        // Every CPU that left SMM at a non-default SMBASE got it from a slot that names it.
+        for c in self.st.borrow().cpus.iter() {
+            if c.smbase != DEFAULT_SMBASE {
+                let n = (0..self.slot_count).find(|&n| Self::smbase_of_slot(n) == c.smbase);
+                match n {
+                    Some(n)
+                        if self.slots.apic(n) == c.apic && self.slots.state(n) != slots::FREE => {}
+                    _ => bad.push(format!(
+                        "APIC ID {} runs at SMBASE {:#x} that no slot gives it",
+                        c.apic, c.smbase
+                    )),
+                }
+            }
+        }
+        bad
+    }
+
+    // ---- the CPUs' side -----------------------------------------------------------------
+
+    fn slot_with_smbase(&self, smbase: u32) -> Option<usize> {
+        (0..self.slot_count).find(|&n| Self::smbase_of_slot(n) == smbase)
+    }
+
+    /// The mapping a CPU at `smbase` relies on must be published and RELOCATING (it may
+    /// take an SMI at its new SMBASE right after RSM, spec 6.4 T3).
+    fn check_relocating(&self, st: &mut WinState, apic: u32, smbase: u32, what: &str) {
+        let ok = self.slot_with_smbase(smbase).is_some_and(|n| {
+            self.slots.state(n) == slots::RELOCATING
+                && self.slots.apic(n) == apic
+                && self.route(n) == Some(apic)
+                && hotplug::must_return_early(&self.slots, n)
+        });
+        if !ok {
+            st.violations.push(format!(
+                "APIC ID {apic} {what} at SMBASE {smbase:#x} without a RELOCATING mapping"
+            ));
+        }
+    }
+
+    /// One step of every simulated CPU.
+    fn step(&self) {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        if self.os_writes_pen.get() {
+            st.pen_signal = 1;
+            self.pen_faked.set(true);
+        }
+        for i in 0..st.cpus.len() {
+            let c = st.cpus[i].clone();
+            let mut next = c.clone();
+            match c.state {
+                CpuState::SmiPending(0) => {
+                    next.state = CpuState::AtGate;
+                    next.in_pen = false;
+                    if let Some(a) = st.arrived.get_mut(c.apic as usize) {
+                        *a = st.round;
+                    }
+                    st.events.push(Ev::Arrived(c.apic));
+                }
+                CpuState::SmiPending(n) => next.state = CpuState::SmiPending(n - 1),
+                CpuState::AtGate => {
+                    if st.gate == u64::from(c.apic) && c.behaviour != Behaviour::NoGate {
+                        // lock cmpxchg8b: the CPU closes the gate behind itself.
+                        st.gate = GATE_CLOSED;
+                        next.taken_smbase = Some(st.new_smbase);
+                        next.state = CpuState::Admitted(ADMIT_STEPS);
+                        st.events.push(Ev::GateTaken(c.apic, st.new_smbase));
+                        self.check_relocating(st, c.apic, st.new_smbase, "was admitted");
+                    }
+                }
+                CpuState::Admitted(_) if c.behaviour == Behaviour::NoLeave => {}
+                CpuState::Admitted(n) if n > 0 => next.state = CpuState::Admitted(n - 1),
+                CpuState::Admitted(_) => {
+                    let smbase = c.taken_smbase.unwrap_or(DEFAULT_SMBASE);
+                    st.about_to_leave = 1;
+                    st.events.push(Ev::AboutToLeave(c.apic));
+                    // RSM: the new SMBASE is in force; a pending SMI is taken there at once.
+                    self.check_relocating(st, c.apic, smbase, "left SMM");
+                    st.rsm_checks += 1;
+                    next.smbase = smbase;
+                    next.state = CpuState::Leaving(LEAVE_STEPS);
+                }
+                CpuState::Leaving(_) if c.behaviour == Behaviour::NoPen => {}
+                CpuState::Leaving(n) if n > 0 => next.state = CpuState::Leaving(n - 1),
+                CpuState::Leaving(_) => {
+                    st.pen_signal = 1;
+                    st.events.push(Ev::Pen(c.apic));
+                    next.in_pen = true;
+                    next.state = CpuState::Outside;
+                    if st.in_flight == Some(c.apic) {
+                        st.in_flight = None;
+                    }
+                }
+                CpuState::Outside | CpuState::Gone => {}
+            }
+            st.cpus[i] = next;
+        }
+    }
+
+    fn context_write(&self, st: &mut WinState, what: &str) {
+        if st.gate != GATE_CLOSED {
+            st.violations
+                .push(format!("{what} while the gate is open ({:#x})", st.gate));
+        }
+        // While the OS fakes the pen byte the monarch cannot tell when a CPU is out
+        // (the accepted R17 window), so "in flight" is not checked then.
+        if let (Some(a), false) = (st.in_flight, self.os_writes_pen.get()) {
+            st.violations
+                .push(format!("{what} while APIC ID {a} is in flight"));
+        }
+    }
+}
+
+impl Platform for Machine {
+    type Ports = Ports;
+
+    fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    fn now_us(&self) -> u64 {
+        let t = self.clock.get() + TICK_US;
+        self.clock.set(t);
+        self.now_calls.set(self.now_calls.get() + 1);
+        self.step();
+        t
+    }
+
+    fn log(&self, level: Level, parts: &[Part<'_>]) {
+        let c = Collect(RefCell::new(Vec::new()));
+        c.line(level, parts);
+        let line = String::from_utf8(c.0.into_inner()).expect("log lines are ASCII");
+        self.logs
+            .borrow_mut()
+            .push((level, line.trim_end().to_string()));
+    }
+
+    fn slots(&self) -> &Slots {
+        &self.slots
+    }
+
+    fn slot_count(&self) -> usize {
+        self.slot_count
+    }
+
+    fn slot_smbase(&self, slot: usize) -> Option<u32> {
+        (slot < self.slot_count).then(|| Self::smbase_of_slot(slot))
+    }
+
+    fn set_route(&self, slot: usize, apic: Option<u32>) {
+        match self.routes.borrow_mut().get_mut(slot) {
+            Some(r) if slot < self.slot_count => *r = apic,
+            _ => self
+                .st
+                .borrow_mut()
+                .violations
+                .push(format!("route set for slot {slot} beyond the slot count")),
+        }
+    }
+
+    fn is_possible_apic(&self, apic: u32) -> bool {
+        self.possible.contains(&apic)
+    }
+
+    fn possible_count(&self) -> u32 {
+        self.possible_count.get()
+    }
+
+    fn send_ipi(&self, apic: u32, icr_low: u32) -> bool {
+        let at_us = self.clock.get();
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        st.ipis.push(Ipi {
+            apic,
+            icr: icr_low,
+            at_us,
+        });
+        st.events.push(Ev::Ipi(apic, icr_low));
+        let marked = st.arrived.get(apic as usize).is_some_and(|&a| a != 0);
+        let Some(c) = st
+            .cpus
+            .iter_mut()
+            .find(|c| c.apic == apic && c.state != CpuState::Gone)
+        else {
+            return true;
+        };
+        match delivery_mode(icr_low) {
+            DM_SMI => {
+                // As for INIT below: a CPU on the gate whose mark the monarch cleared
+                // cannot be known; a marked one or one past the gate can.
+                if marked || c.in_flight() {
+                    st.violations.push(format!(
+                        "SMI IPI to APIC ID {apic}, which arrived or took the gate (R13)"
+                    ));
+                } else if c.state == CpuState::Outside
+                    && c.smbase == DEFAULT_SMBASE
+                    && c.behaviour != Behaviour::NeverArrives
+                {
+                    c.state = CpuState::SmiPending(c.smi_delay);
+                }
+            }
+            DM_INIT => {
+                // An INIT to a CPU spinning on the gate whose arrival mark the monarch has
+                // already cleared is harmless (it touched nothing) and cannot be known;
+                // one to a marked CPU or to one past the gate is a violation.
+                if marked || c.in_flight() {
+                    st.violations.push(format!(
+                        "INIT to APIC ID {apic}, which arrived or took the gate (R13)"
+                    ));
+                }
+                // TCG: INIT discards a pending SMI and resets a CPU out of SMM (T2, T5).
+                c.state = CpuState::Outside;
+                c.init_pending = true;
+                c.inits += 1;
+            }
+            DM_STARTUP if c.init_pending && c.state == CpuState::Outside => {
+                c.init_pending = false;
+                if (icr_low & 0xFF) << 12 == PEN_BASE {
+                    // Un-relocated in the pen: its write sets the pen byte.
+                    c.in_pen = true;
+                    st.pen_signal = 1;
+                }
+            }
+            _ => {}
+        }
+        true
+    }
+
+    fn window(&self) -> &dyn Window {
+        self
+    }
+}
+
+impl Window for Machine {
+    fn gate_cas(&self, old: u64, new: u64) -> bool {
+        let mut guard = self.st.borrow_mut();
+        let st = &mut *guard;
+        if st.gate != old {
+            st.events.push(Ev::GateCasFailed { old, new });
+            return false;
+        }
+        st.gate = new;
+        if old == GATE_CLOSED && new != GATE_CLOSED {
+            if let (Some(a), false) = (st.in_flight, self.os_writes_pen.get()) {
+                st.violations.push(format!(
+                    "gate opened for {new} while APIC ID {a} is still in flight"
+                ));
+            }
+            st.in_flight = u32::try_from(new).ok();
+            st.events.push(Ev::GateOpened(new as u32));
+        } else if new == GATE_CLOSED {
+            st.events.push(Ev::GateClosedByMonarch(old as u32));
+            if st.in_flight == u32::try_from(old).ok() {
+                st.in_flight = None;
+            }
+        }
+        true
+    }
+
+    fn set_new_smbase(&self, smbase: u32) {
+        let mut st = self.st.borrow_mut();
+        self.context_write(&mut st, "new_smbase written");
+        st.new_smbase = smbase;
+        st.events.push(Ev::NewSmbase(smbase));
+    }
+
+    fn about_to_leave(&self) -> u8 {
+        self.st.borrow().about_to_leave
+    }
+
+    fn clear_about_to_leave(&self) {
+        let mut st = self.st.borrow_mut();
+        self.context_write(&mut st, "about_to_leave cleared");
+        st.about_to_leave = 0;
+    }
+
+    fn arrived(&self, apic: u32) -> u32 {
+        self.arrived_mark(apic)
+    }
+
+    fn clear_arrived(&self, apic: u32) {
+        if let Some(a) = self.st.borrow_mut().arrived.get_mut(apic as usize) {
+            *a = 0;
+        }
+    }
+
+    fn reset_pen(&self) {
+        let mut st = self.st.borrow_mut();
+        self.context_write(&mut st, "pen reset");
+        st.pen_signal = 0;
+        st.pen_resets += 1;
+    }
+
+    fn pen_signal(&self) -> u8 {
+        self.st.borrow().pen_signal
+    }
+
+    fn pen_base(&self) -> u32 {
+        PEN_BASE
+    }
+}
+
+/// The ICR low words of the INIT/SIPI sequence to the pen, in order.
+pub fn init_sipi() -> [u32; 3] {
+    let vec = PEN_BASE >> 12;
+    [
+        lapic::ICR_INIT,
+        lapic::ICR_STARTUP | vec,
+        lapic::ICR_STARTUP | vec,
+    ]
+}
