@@ -53,6 +53,28 @@ pub fn check_qemu(bin: &Path) -> Result<String, String> {
     }
 }
 
+/// Whether the ROM under test is this project's host ROM (not e.g. a coreboot.rom given
+/// in `HOST_ROM`). Tests of host-ROM-only features and log lines check this.
+pub fn testing_host_rom() -> bool {
+    match std::env::var_os("HOST_ROM") {
+        None => true,
+        Some(p) => Path::new(&p)
+            .file_name()
+            .is_some_and(|n| n == "host-rom.rom"),
+    }
+}
+
+/// Skip (pass with a note) a test of a host-ROM-only feature when another ROM is tested.
+#[macro_export]
+macro_rules! host_rom_only {
+    () => {
+        if !$crate::testing_host_rom() {
+            eprintln!("host-ROM-only part skipped: HOST_ROM is another firmware");
+            return;
+        }
+    };
+}
+
 static IMAGES: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
 
 /// Paths of the ROM and payload, building them with `scripts/build` once per process

@@ -16,6 +16,11 @@ fn boot_pass(smp: &str, present: usize, possible: usize) -> Outcome {
         "{}",
         o.output
     );
+    if !testing_host_rom() {
+        // coreboot with DEBUG_SMI prints from SMM concurrently with the payload, so
+        // single lines may be interleaved; the payload's verdict covers them.
+        return o;
+    }
     let cpus = lines_with(&o.output, "CPU apic=");
     assert_eq!(cpus.len(), present, "{}", o.output);
     assert!(cpus.iter().all(|l| l.ends_with("smi=ok")), "{}", o.output);
@@ -31,24 +36,30 @@ fn boot_pass(smp: &str, present: usize, possible: usize) -> Outcome {
         "each CPU needs its own slot: {}",
         o.output
     );
-    assert!(o.output.contains("SMRAM locked"), "{}", o.output);
+    if testing_host_rom() {
+        assert!(o.output.contains("SMRAM locked"), "{}", o.output);
+    }
     o
 }
 
 #[test]
 fn one_cpu_of_eight_possible_boots_to_pass() {
     let o = boot_pass("1,maxcpus=8", 1, 8);
-    assert!(
-        o.output.contains("for 8 slots"),
-        "SMM slots for every possible CPU: {}",
-        o.output
-    );
+    if testing_host_rom() {
+        assert!(
+            o.output.contains("for 8 slots"),
+            "SMM slots for every possible CPU: {}",
+            o.output
+        );
+    }
 }
 
 #[test]
 fn two_cpus_of_four_possible_boot_to_pass() {
     let o = boot_pass("2,maxcpus=4", 2, 4);
-    assert!(o.output.contains("for 4 slots"), "{}", o.output);
+    if testing_host_rom() {
+        assert!(o.output.contains("for 4 slots"), "{}", o.output);
+    }
 }
 
 #[test]
@@ -60,7 +71,9 @@ fn four_cpus_all_present_boot_to_pass() {
 fn topology_with_apic_id_holes_boots_to_pass() {
     // 2 sockets x 3 cores: APIC IDs 0,1,2,4,5,6.
     let o = boot_pass("2,maxcpus=6,sockets=2,cores=3", 2, 6);
-    assert!(o.output.contains("APIC-ID limit 7"), "{}", o.output);
+    if testing_host_rom() {
+        assert!(o.output.contains("APIC-ID limit 7"), "{}", o.output);
+    }
 }
 
 #[test]
@@ -73,10 +86,12 @@ fn all_smi_features_are_negotiated_and_qemu_agrees() {
     vm.wait_for("RESULT:", T).unwrap();
     let out = vm.output();
     assert!(out.contains("RESULT: PASS"), "{out}");
-    assert!(
-        out.contains("granted (broadcast cpu-hotplug cpu-hot-unplug)"),
-        "{out}"
-    );
+    if testing_host_rom() {
+        assert!(
+            out.contains("granted (broadcast cpu-hotplug cpu-hot-unplug)"),
+            "{out}"
+        );
+    }
     let q = vm.qmp.as_mut().unwrap();
     let path = find_device(q, "ICH9-LPC").expect("ICH9-LPC in the QOM tree");
     let f = q
@@ -128,17 +143,21 @@ fn boot_without_qemu_hotplug_features_still_locks_smm_and_says_what_is_missing()
         .arg("ICH9-LPC.x-smi-cpu-hotunplug=off");
     let o = boot(&cfg, T);
     o.assert_pass();
-    assert!(
-        o.output
-            .contains("supported 0x1, wanted 0x7, requested 0x1, granted (broadcast)"),
-        "{}",
-        o.output
-    );
-    assert!(
-        o.output.contains("CPU hotplug with SMM not negotiated"),
-        "{}",
-        o.output
-    );
+    if testing_host_rom() {
+        assert!(
+            o.output
+                .contains("supported 0x1, wanted 0x7, requested 0x1, granted (broadcast)"),
+            "{}",
+            o.output
+        );
+    }
+    if testing_host_rom() {
+        assert!(
+            o.output.contains("CPU hotplug with SMM not negotiated"),
+            "{}",
+            o.output
+        );
+    }
     assert!(
         o.output
             .contains("not negotiated: cpu-hotplug cpu-hot-unplug"),
@@ -157,17 +176,22 @@ fn boot_without_qemu_hotplug_features_still_locks_smm_and_says_what_is_missing()
 fn more_possible_cpus_than_smm_slots_turns_hotplug_off_but_boots() {
     let o = boot(&VmConfig::new("2,maxcpus=80"), T);
     o.assert_pass();
-    assert!(
-        o.output
-            .contains("80 possible CPUs exceed 64 SMM slots: CPU hotplug not offered"),
-        "{}",
-        o.output
-    );
-    assert!(o.output.contains("granted (broadcast)"), "{}", o.output);
+    if testing_host_rom() {
+        assert!(
+            o.output
+                .contains("80 possible CPUs exceed 64 SMM slots: CPU hotplug not offered"),
+            "{}",
+            o.output
+        );
+    }
+    if testing_host_rom() {
+        assert!(o.output.contains("granted (broadcast)"), "{}", o.output);
+    }
 }
 
 #[test]
 fn a_payload_that_is_not_an_elf_stops_the_boot_with_a_clear_error() {
+    host_rom_only!();
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.elf");
     std::fs::write(&bad, b"this is not an ELF file").unwrap();
@@ -187,6 +211,7 @@ fn a_payload_that_is_not_an_elf_stops_the_boot_with_a_clear_error() {
 
 #[test]
 fn a_payload_that_loads_over_firmware_memory_is_refused() {
+    host_rom_only!();
     // A valid ELF header whose one segment targets the firmware window (0x100000).
     let mut elf = vec![0u8; 64 + 56 + 16];
     elf[0..4].copy_from_slice(b"\x7fELF");
@@ -218,6 +243,7 @@ fn a_payload_that_loads_over_firmware_memory_is_refused() {
 
 #[test]
 fn the_payload_elf_loads_from_fw_cfg_like_a_coreboot_payload() {
+    host_rom_only!();
     let (_, payload) = images();
     let cfg = VmConfig::new("2")
         .arg("-fw_cfg")
@@ -238,16 +264,20 @@ fn an_old_machine_type_without_smi_negotiation_is_reported() {
         &VmConfig::new("1").arg("-machine").arg("pc-q35-2.8,smm=on"),
         T,
     );
-    assert!(
-        o.output.contains("QEMU offers no negotiation"),
-        "{}",
-        o.output
-    );
-    assert!(
-        o.output.contains("no SMRAM at default SMBASE"),
-        "{}",
-        o.output
-    );
+    if testing_host_rom() {
+        assert!(
+            o.output.contains("QEMU offers no negotiation"),
+            "{}",
+            o.output
+        );
+    }
+    if testing_host_rom() {
+        assert!(
+            o.output.contains("no SMRAM at default SMBASE"),
+            "{}",
+            o.output
+        );
+    }
     assert_eq!(o.code(), Some(EXIT_FAIL), "{}", o.output);
     assert!(
         o.output.contains("CHECK smi-features: FAIL"),
@@ -267,6 +297,7 @@ fn a_missing_qemu_binary_gets_a_clear_error() {
 
 #[test]
 fn too_little_ram_stops_the_boot_with_a_clear_error() {
+    host_rom_only!();
     let mut cfg = VmConfig::new("1");
     cfg.mem_mb = 48;
     let o = boot(&cfg, T);
