@@ -195,6 +195,15 @@ fn acceptable<P: Platform + ?Sized>(p: &P, apic: u32) -> bool {
 /// Service APMC 4. Idempotent: with nothing pending it changes nothing (R10).
 pub fn service<P: Platform + ?Sized>(p: &P) -> Summary {
     let mut s = Summary::default();
+    if p.slots().is_stopped() {
+        p.log(
+            Level::Debug,
+            &[Part::Str(
+                b"APMC 4 ignored: CPU hot-add stopped after a stuck relocation",
+            )],
+        );
+        return s;
+    }
     let mut cands: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
     s.inserts = scan_inserts(p, &mut cands);
     // Stragglers: CPUs that arrived in the first-SMI handler earlier and were never
@@ -310,11 +319,11 @@ fn relocate<P: Platform + ?Sized>(p: &P, apic: u32, s: &mut Summary) -> Step {
         p.log(
             Level::Error,
             &[Part::Str(
-                b"gate was not closed: hotplug processing stopped",
+                b"gate was not closed: CPU hot-add stopped until reset",
             )],
         );
         undo(p, n);
-        s.quarantined += 1;
+        slots.stop();
         return Step::Stop;
     }
     if !wait(p, T_LEAVE_US, || w.about_to_leave() != 0) {
@@ -343,9 +352,12 @@ fn relocate<P: Platform + ?Sized>(p: &P, apic: u32, s: &mut Summary) -> Step {
                 Part::Dec(apic.into()),
                 Part::Str(b" stuck inside the first-SMI handler; slot "),
                 Part::Dec(n as u64),
-                Part::Str(b" quarantined, stopping this SMI"),
+                Part::Str(b" quarantined; CPU hot-add stopped until reset"),
             ],
         );
+        // A slow CPU may still read `new_smbase` or write the shared save area: never
+        // open the gate again (a second CPU could get the same SMBASE).
+        slots.stop();
         s.quarantined += 1;
         return Step::Stop;
     }

@@ -19,6 +19,10 @@ pub const NO_APIC: u32 = u32::MAX;
 pub struct Slots {
     pub state: [AtomicU32; MAX_SLOTS],
     pub apic: [AtomicU32; MAX_SLOTS],
+    /// Non-zero once a CPU was left inside the first-SMI handler's critical section (or
+    /// the gate was found open): the shared context and save area may still be in use,
+    /// so hot-add stays off until reset (fail closed).
+    pub stopped: AtomicU32,
 }
 
 impl Slots {
@@ -29,6 +33,7 @@ impl Slots {
         Self {
             state: [F; MAX_SLOTS],
             apic: [N; MAX_SLOTS],
+            stopped: AtomicU32::new(0),
         }
     }
 
@@ -55,6 +60,14 @@ impl Slots {
     /// The slot that serves (or is being given to, or quarantined with) `apic`.
     pub fn slot_of(&self, apic: u32, count: usize) -> Option<usize> {
         (0..count.min(MAX_SLOTS)).find(|&i| self.state(i) != FREE && self.apic(i) == apic)
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(1, Ordering::SeqCst);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst) != 0
     }
 
     pub fn first_free(&self, count: usize) -> Option<usize> {
