@@ -1,45 +1,46 @@
-//! The CPU-hotplug SMM handler for coreboot's SMM stage, behind a small C ABI.
+//! The CPU-hotplug handler for coreboot, behind a small C ABI: one object linked into
+//! both the ramstage (boot-time preparation, [`ramstage`]) and the smm stage (APMC 4).
 //!
-//! coreboot's C glue (coreboot-config/) fills a `struct rust_cpu_hotplug_env` with what
-//! differs per host: the SMM slots it laid out, the live `apic_id_to_cpu` routing table
-//! of its entry stub, the possible APIC IDs counted at boot, a console and the TSC rate.
-//! It calls `rust_cpu_hotplug_must_return()` at the very start of `smm_handler_start()`
-//! (before the SMI lock; spec 7.3 item 5) and `rust_cpu_hotplug_apmc()` for APMC 4 on
-//! the CPU that holds the lock. coreboot provides memcpy and friends.
+//! Ramstage records what SMM needs (possible APIC IDs, TSC rate, the live
+//! `apic_id_to_cpu` table of coreboot's SMM stub) in a boot-info block inside the
+//! default-SMBASE window ([`bootinfo`]), which becomes SMRAM when it is locked: SMM
+//! reads only SMRAM. In SMM, coreboot's C glue fills a `struct rust_cpu_hotplug_env`
+//! (slots and their SMBASEs, console) and calls `rust_cpu_hotplug_smi_entry()` at the
+//! very start of `smm_handler_start()` (before the SMI lock; spec 7.3 item 5) and
+//! `rust_cpu_hotplug_apmc()` for APMC 4 on the CPU that holds the lock. coreboot
+//! provides memcpy and friends.
 //!
 //! SMM rules: no panics, no `core::fmt`, no floats, bounded loops; checked on the built
 //! object by `fwtool check-smm` (tests/tests/smm_object.rs).
 #![no_std]
 
+pub mod bootinfo;
+pub mod ramstage;
+
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use q35::io::HwPorts;
+use smm_handler::diag;
 use smm_handler::first_smi::FixedWindow;
 use smm_handler::hotplug::{self, Platform, Window};
 use smm_handler::log::{Console, Level, Part};
 use smm_handler::params::MAX_SLOTS;
 use smm_handler::slots::{self, Slots};
 
-pub const ENV_VERSION: u32 = 1;
+pub const ENV_VERSION: u32 = 2;
 const NO_ROUTE: u16 = 0xFFFF;
 
-/// Mirrors `struct rust_cpu_hotplug_env` in coreboot-config/src/rust_cpu_hotplug.h.
+/// Mirrors `struct rust_cpu_hotplug_env` in coreboot-config's `rust_cpu_hotplug.h`:
+/// what only coreboot's SMM module knows, filled by the C glue on each call.
 #[repr(C)]
 pub struct Env {
     pub version: u32,
-    /// SMM slots coreboot laid out (its `num_cpus` for SMM: every possible CPU).
+    /// SMM slots coreboot laid out (`smm_runtime.num_cpus`: every possible CPU).
     pub slot_count: u32,
-    pub possible_count: u32,
-    pub pen_base: u32,
-    pub tsc_per_us: u64,
     pub log_level: u32,
     pub _pad: u32,
-    /// `[possible_count]` APIC IDs recorded at boot from the CPU hotplug block.
-    pub possible_apic_ids: *const u32,
-    /// `[slot_count]` SMBASE per slot.
+    /// `[slot_count]` SMBASE per slot (from `smm_get_save_state()`).
     pub slot_smbase: *const u32,
-    /// The live `apic_id_to_cpu[]` of coreboot's SMM stub (0xFFFF = unused).
-    pub apic_id_to_cpu: *mut u16,
     pub console_write: Option<extern "C" fn(buf: *const u8, len: usize)>,
 }
 
@@ -47,32 +48,35 @@ pub struct Env {
 static SLOTS: Slots = Slots::new();
 static SEEDED: AtomicBool = AtomicBool::new(false);
 
-struct Coreboot<'a> {
-    env: &'a Env,
-    window: FixedWindow,
-}
+/// A console that forwards to a C function (coreboot's printk in the glue).
+pub(crate) struct CConsole(pub Option<extern "C" fn(buf: *const u8, len: usize)>);
 
-struct CbConsole<'a>(&'a Env);
-
-impl Console for CbConsole<'_> {
+impl Console for CConsole {
     fn write(&self, bytes: &[u8]) {
-        if let Some(f) = self.0.console_write {
+        if let Some(f) = self.0 {
             f(bytes.as_ptr(), bytes.len());
         }
     }
 }
 
+struct Coreboot<'a> {
+    env: &'a Env,
+    boot: &'a bootinfo::BootInfo,
+    window: FixedWindow,
+}
+
 impl Coreboot<'_> {
-    fn slot_count(&self) -> usize {
-        (self.env.slot_count as usize).min(MAX_SLOTS)
+    fn route_table(&self) -> *mut u16 {
+        self.boot.apic_id_to_cpu as usize as *mut u16
     }
 
     fn route(&self, slot: usize) -> u16 {
-        if slot >= self.slot_count() || self.env.apic_id_to_cpu.is_null() {
+        if slot >= Platform::slot_count(self) || self.boot.apic_id_to_cpu == 0 {
             return NO_ROUTE;
         }
-        // SAFETY: coreboot's table has CONFIG_MAX_CPUS >= slot_count entries in SMRAM.
-        unsafe { core::ptr::read_volatile(self.env.apic_id_to_cpu.add(slot)) }
+        // SAFETY: coreboot's stub table has CONFIG_MAX_CPUS >= slot_count entries in
+        // SMRAM; its address was recorded at boot in the locked boot-info block.
+        unsafe { core::ptr::read_volatile(self.route_table().add(slot)) }
     }
 }
 
@@ -84,45 +88,39 @@ impl Platform for Coreboot<'_> {
     fn now_us(&self) -> u64 {
         // SAFETY: RDTSC has no side effects.
         let t = unsafe { core::arch::x86_64::_rdtsc() };
-        t / self.env.tsc_per_us.max(1)
+        t / self.boot.tsc_per_us.max(1)
     }
     fn log(&self, level: Level, parts: &[Part<'_>]) {
         if level as u32 <= self.env.log_level {
-            CbConsole(self.env).line(level, parts);
+            CConsole(self.env.console_write).line(level, parts);
         }
     }
     fn slots(&self) -> &Slots {
         &SLOTS
     }
     fn slot_count(&self) -> usize {
-        Coreboot::slot_count(self)
+        (self.env.slot_count as usize).min(MAX_SLOTS)
     }
     fn slot_smbase(&self, slot: usize) -> Option<u32> {
-        if slot >= self.slot_count() || self.env.slot_smbase.is_null() {
+        if slot >= Platform::slot_count(self) || self.env.slot_smbase.is_null() {
             return None;
         }
         // SAFETY: `slot_smbase` has `slot_count` entries (C glue contract).
         Some(unsafe { core::ptr::read_volatile(self.env.slot_smbase.add(slot)) })
     }
     fn set_route(&self, slot: usize, apic: Option<u32>) {
-        if slot >= self.slot_count() || self.env.apic_id_to_cpu.is_null() {
+        if slot >= Platform::slot_count(self) || self.boot.apic_id_to_cpu == 0 {
             return;
         }
         let v = apic.map_or(NO_ROUTE, |a| a as u16);
         // SAFETY: as for `route`; a single aligned u16 store the stub reads.
-        unsafe { core::ptr::write_volatile(self.env.apic_id_to_cpu.add(slot), v) }
+        unsafe { core::ptr::write_volatile(self.route_table().add(slot), v) }
     }
     fn is_possible_apic(&self, apic: u32) -> bool {
-        if self.env.possible_apic_ids.is_null() {
-            return false;
-        }
-        let n = (self.env.possible_count as usize).min(MAX_SLOTS);
-        // SAFETY: `possible_apic_ids` has `possible_count` entries (C glue contract).
-        (0..n)
-            .any(|i| unsafe { core::ptr::read_volatile(self.env.possible_apic_ids.add(i)) } == apic)
+        self.boot.is_possible_apic(apic)
     }
     fn possible_count(&self) -> u32 {
-        self.env.possible_count.min(MAX_SLOTS as u32)
+        self.boot.possible_count.min(MAX_SLOTS as u32)
     }
     fn send_ipi(&self, apic: u32, icr_low: u32) -> bool {
         q35::lapic::send_ipi(apic, icr_low).is_ok()
@@ -136,7 +134,7 @@ fn seed(cb: &Coreboot<'_>) {
     if SEEDED.swap(true, Ordering::SeqCst) {
         return;
     }
-    for slot in 0..cb.slot_count() {
+    for slot in 0..Platform::slot_count(cb) {
         let r = cb.route(slot);
         if r != NO_ROUTE {
             SLOTS.set(slot, slots::ACTIVE, u32::from(r));
@@ -158,28 +156,71 @@ fn env_ok(env: *const Env) -> Option<&'static Env> {
 #[no_mangle]
 pub unsafe extern "C" fn rust_cpu_hotplug_apmc(env: *const Env) {
     let Some(env) = env_ok(env) else { return };
+    let Some(boot) = bootinfo::BootInfo::locked() else {
+        CConsole(env.console_write).line(
+            Level::Error,
+            &[Part::Str(
+                b"cpu hotplug: no valid boot-info block; APMC 4 ignored",
+            )],
+        );
+        return;
+    };
     let cb = Coreboot {
         env,
+        boot,
         window: FixedWindow {
-            pen_base: env.pen_base,
+            pen_base: boot.pen_base,
         },
     };
     seed(&cb);
     let _ = hotplug::service(&cb);
 }
 
-/// Non-zero when CPU `cpu` (coreboot's index = slot) is being relocated and must leave
-/// SMM at once, before taking the SMI lock.
+/// SMI entries per slot (answered by the diagnostic query).
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static ENTRIES: [core::sync::atomic::AtomicU64; MAX_SLOTS] = [ZERO; MAX_SLOTS];
+
+/// Save-state offsets (64-bit map, relative to SMBASE).
+const SS_RAX: u32 = 0xFFF8;
+const SS_RSI: u32 = 0xFFC8;
+const SS_RDI: u32 = 0xFFC0;
+
+/// Called by every CPU at SMI entry, before coreboot's SMI lock, with its slot and that
+/// slot's SMBASE. Returns non-zero when the CPU is being relocated and must leave SMM at
+/// once (R12). Otherwise answers the read-only diagnostic query in this CPU's own save
+/// state (see `smm_handler::diag`).
 #[no_mangle]
-pub extern "C" fn rust_cpu_hotplug_must_return(cpu: u32) -> i32 {
-    i32::from(hotplug::must_return_early(&SLOTS, cpu as usize))
+pub extern "C" fn rust_cpu_hotplug_smi_entry(cpu: u32, smbase: u32) -> i32 {
+    let Some(count) = ENTRIES.get(cpu as usize) else {
+        return 0;
+    };
+    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+    if hotplug::must_return_early(&SLOTS, cpu as usize) {
+        return 1;
+    }
+    if smbase == 0 || q35::io::PortIo::inb(&HwPorts, q35::ich9::APM_CNT) != diag::APMC_DIAG_QUERY {
+        return 0;
+    }
+    let ss = |off: u32| (smbase as usize + off as usize) as *mut u64;
+    // SAFETY: `smbase` is this CPU's own slot (coreboot's save-state map), so these are
+    // its own saved registers in TSEG.
+    unsafe {
+        if diag::is_request(core::ptr::read_volatile(ss(SS_RAX))) {
+            let (rax, rsi, rdi) = diag::answer(cpu, smbase, n);
+            core::ptr::write_volatile(ss(SS_RSI), rsi);
+            core::ptr::write_volatile(ss(SS_RDI), rdi);
+            core::ptr::write_volatile(ss(SS_RAX), rax);
+        }
+    }
+    0
 }
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
     // Unreachable by construction (the object check finds no panicking code).
     loop {
-        // SAFETY: stops this CPU inside SMM.
+        // SAFETY: stops this CPU.
         unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
     }
 }
