@@ -51,6 +51,13 @@ pub struct CpuTopology {
 }
 
 impl CpuTopology {
+    pub const EMPTY: CpuTopology = CpuTopology {
+        present: 0,
+        possible: 0,
+        apic_ids: [u32::MAX; MAX_POSSIBLE],
+        present_mask: [false; MAX_POSSIBLE],
+    };
+
     pub fn apic_id(&self, selector: u32) -> Option<u32> {
         if selector >= self.possible {
             return None;
@@ -141,12 +148,15 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
     /// Count present and possible CPUs and record each slot's APIC ID (spec 4.3).
     /// Requires [`Self::switch_to_modern`] first.
     pub fn count(&self) -> Result<CpuTopology, CpuHpError> {
-        let mut topo = CpuTopology {
-            present: 0,
-            possible: 0,
-            apic_ids: [u32::MAX; MAX_POSSIBLE],
-            present_mask: [false; MAX_POSSIBLE],
-        };
+        let mut topo = CpuTopology::EMPTY;
+        self.count_into(&mut topo)?;
+        Ok(topo)
+    }
+
+    /// [`Self::count`] into caller-provided storage (the topology is 1.3 KiB: callers
+    /// with small stacks keep it in a static).
+    pub fn count_into(&self, topo: &mut CpuTopology) -> Result<(), CpuHpError> {
+        *topo = CpuTopology::EMPTY;
         self.select(0);
         self.command(CMD_GET_NEXT_EVENT);
         // Command 0 scans for the next slot with an event and may move the selector there;
@@ -179,6 +189,6 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
         if topo.present == 0 {
             return Err(CpuHpError::NonePresent);
         }
-        Ok(topo)
+        Ok(())
     }
 }

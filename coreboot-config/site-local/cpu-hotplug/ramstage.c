@@ -1,0 +1,62 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Ramstage side of CPU hotplug with SMM on QEMU q35: the qemu-q35 MP init hooks call
+ * into the Rust object; the memory map reserves the default-SMBASE window and the
+ * post-SMM pen; and coreboot refuses to start the payload with SMRAM open or unlocked.
+ */
+
+#include <bootmem.h>
+#include <bootstate.h>
+#include <console/console.h>
+#include <cpu/x86/smm.h>
+#include "rust_cpu_hotplug.h"
+
+/* 0x30000-0x4FFFF (SMRAM at default SMBASE) and the pen page at 0x50000. */
+#define CPU_HOTPLUG_RESERVED_BASE 0x30000
+#define CPU_HOTPLUG_RESERVED_SIZE 0x21000
+
+static void console_write(const uint8_t *buf, size_t len)
+{
+	printk(BIOS_INFO, "%.*s", (int)len, (const char *)buf);
+}
+
+void cpu_hotplug_pre_mp_init(void)
+{
+	int ret = rust_cpu_hotplug_pre_mp_init(CONFIG_MAX_CPUS, console_write);
+	if (ret < 0)
+		die("CPU hotplug: boot preparation failed (%d)\n", ret);
+}
+
+int cpu_hotplug_present_cpus(void)
+{
+	return rust_cpu_hotplug_present_cpus();
+}
+
+int cpu_hotplug_possible_cpus(void)
+{
+	return rust_cpu_hotplug_possible_cpus();
+}
+
+void cpu_hotplug_post_mp_init(void)
+{
+	uint16_t *table = smm_stub_live_params ? smm_stub_live_params->apic_id_to_cpu : NULL;
+	int ret = rust_cpu_hotplug_post_mp_init(table, console_write);
+	if (ret < 0)
+		die("CPU hotplug: locking SMRAM at the default SMBASE failed (%d)\n", ret);
+}
+
+void bootmem_platform_add_ranges(void)
+{
+	bootmem_add_range(CPU_HOTPLUG_RESERVED_BASE, CPU_HOTPLUG_RESERVED_SIZE,
+			  BM_MEM_RESERVED);
+}
+
+/* Fail closed, whatever MP init did: never hand over with SMRAM open or unlocked. */
+static void cpu_hotplug_check_smram_locked(void *unused)
+{
+	if (!rust_cpu_hotplug_smram_locked())
+		die("CPU hotplug: SMRAM is open or unlocked; not starting the payload\n");
+	printk(BIOS_INFO, "CPU hotplug: SMRAM closed and locked, default SMBASE locked\n");
+}
+
+BOOT_STATE_INIT_ENTRY(BS_PAYLOAD_LOAD, BS_ON_ENTRY, cpu_hotplug_check_smram_locked, NULL);

@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * SMM side of CPU hotplug with SMM on QEMU q35. APMC 4 goes through the free
+ * northbridge_smi_handler() hook (run by the CPU holding the SMI lock), and every CPU
+ * asks smm_cpu_must_return_early() before taking the lock.
+ */
+
+#include <console/console.h>
+#include <cpu/amd/amd64_save_state.h>
+#include <cpu/x86/smm.h>
+#include "rust_cpu_hotplug.h"
+
+static uint32_t slot_smbase[CONFIG_MAX_CPUS];
+
+static void console_write(const uint8_t *buf, size_t len)
+{
+	printk(BIOS_INFO, "%.*s", (int)len, (const char *)buf);
+}
+
+/* Each slot's save state ends at its SMBASE + 64 KiB. */
+static uint32_t slot_smbase_of(int cpu)
+{
+	const uint8_t *ss = smm_get_save_state(cpu);
+	if (!ss)
+		return 0;
+	return (uintptr_t)ss + sizeof(amd64_smm_state_save_area_t) - SMM_DEFAULT_SIZE;
+}
+
+int smm_cpu_must_return_early(int cpu)
+{
+	return rust_cpu_hotplug_smi_entry(cpu, slot_smbase_of(cpu));
+}
+
+void northbridge_smi_handler(void)
+{
+	if (apm_get_apmc() != APM_CNT_CPU_HOTPLUG)
+		return;
+
+	uint32_t n = 0;
+	while (n < CONFIG_MAX_CPUS && slot_smbase_of(n)) {
+		slot_smbase[n] = slot_smbase_of(n);
+		n++;
+	}
+
+	const struct rust_cpu_hotplug_env env = {
+		.version = RUST_CPU_HOTPLUG_ENV_VERSION,
+		.slot_count = n,
+		.log_level = 3,
+		.slot_smbase = slot_smbase,
+		.console_write = console_write,
+	};
+	rust_cpu_hotplug_apmc(&env);
+}
