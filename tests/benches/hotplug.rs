@@ -5,8 +5,7 @@
 //! with the TSC) and a null SMI round trip for comparison. Figures only, nothing asserted.
 //! Run: `cargo bench -p qemu-tests --bench hotplug` (QEMU from $QEMU).
 
-use qemu_tests::{qmp, Vm, VmConfig};
-use serde_json::json;
+use qemu_tests::{Vm, VmConfig};
 use std::time::{Duration, Instant};
 
 const RUNS: usize = 3;
@@ -15,21 +14,6 @@ const T: Duration = Duration::from_secs(120);
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-fn free_cpus(q: &mut qmp::Qmp) -> Vec<serde_json::Value> {
-    let list = q
-        .execute("query-hotpluggable-cpus", json!({}))
-        .expect("query");
-    let mut v: Vec<_> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c.get("qom-path").is_none())
-        .cloned()
-        .collect();
-    v.reverse();
-    v
 }
 
 struct Run {
@@ -52,13 +36,11 @@ fn one(n: usize, smm: bool) -> Run {
     let mut vm = Vm::start(&cfg).expect("start");
     vm.wait_for("payload: ready for hotplug", T).expect("ready");
     let q = vm.qmp.as_mut().unwrap();
-    let free = free_cpus(q);
+    let free = q.free_cpus().expect("query-hotpluggable-cpus");
     let t0 = Instant::now();
     for (i, cpu) in free.iter().take(n).enumerate() {
-        let mut args = cpu["props"].clone();
-        args["driver"] = cpu["type"].clone();
-        args["id"] = json!(format!("hp{i}"));
-        q.execute("device_add", args).expect("device_add");
+        q.device_add_cpu(cpu, &format!("hp{i}"))
+            .expect("device_add");
     }
     let end = Instant::now() + T;
     while vm.output().matches("HOTPLUG selector=").count() < n && Instant::now() < end {

@@ -84,3 +84,30 @@ impl Qmp {
         Ok(r.as_str().unwrap_or("").to_string())
     }
 }
+
+impl Qmp {
+    /// Free hotpluggable CPU slots (entries without a qom-path), lowest first.
+    pub fn free_cpus(&mut self) -> Result<Vec<Value>, String> {
+        let list = self.execute("query-hotpluggable-cpus", json!({}))?;
+        let mut v: Vec<Value> = list
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|c| c.get("qom-path").is_none())
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        // QEMU lists them highest first.
+        v.reverse();
+        Ok(v)
+    }
+
+    /// `device_add` of one entry of [`Self::free_cpus`] with device id `id`.
+    pub fn device_add_cpu(&mut self, cpu: &Value, id: &str) -> Result<Value, String> {
+        let mut args = cpu["props"].clone();
+        args["driver"] = cpu["type"].clone();
+        args["id"] = json!(id);
+        self.execute("device_add", args)
+    }
+}

@@ -6,21 +6,8 @@ use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(180);
 
-/// Free hotpluggable CPU slots (entries without a qom-path), as device_add arguments.
 fn free_cpus(q: &mut qmp::Qmp) -> Vec<serde_json::Value> {
-    let list = q
-        .execute("query-hotpluggable-cpus", json!({}))
-        .expect("query-hotpluggable-cpus");
-    let mut v: Vec<serde_json::Value> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c.get("qom-path").is_none())
-        .cloned()
-        .collect();
-    // QEMU lists them highest first; plug in ascending order.
-    v.reverse();
-    v
+    q.free_cpus().expect("query-hotpluggable-cpus")
 }
 
 fn device_add(
@@ -28,10 +15,7 @@ fn device_add(
     cpu: &serde_json::Value,
     id: &str,
 ) -> Result<serde_json::Value, String> {
-    let mut args = cpu["props"].clone();
-    args["driver"] = cpu["type"].clone();
-    args["id"] = json!(id);
-    q.execute("device_add", args)
+    q.device_add_cpu(cpu, id)
 }
 
 fn hotplug_vm(smp: &str, expect: usize, variant: Option<&str>) -> Vm {

@@ -3,7 +3,6 @@
 //! Usage: hotplug-demo [N (default 2)] [-smp value (default 1,maxcpus=4)]
 
 use qemu_tests::{Vm, VmConfig, EXIT_PASS};
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -29,23 +28,10 @@ fn main() {
     let mut shown = vm.output().len();
     print!("{}", vm.output());
     let q = vm.qmp.as_mut().expect("QMP");
-    let list = q
-        .execute("query-hotpluggable-cpus", json!({}))
-        .expect("query-hotpluggable-cpus");
-    let mut free: Vec<_> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c.get("qom-path").is_none())
-        .cloned()
-        .collect();
-    free.reverse();
+    let free = q.free_cpus().expect("query-hotpluggable-cpus");
     for (i, cpu) in free.iter().take(n).enumerate() {
-        let mut a = cpu["props"].clone();
-        a["driver"] = cpu["type"].clone();
-        a["id"] = json!(format!("cpu-hp{i}"));
-        println!(">>> QMP device_add {a}");
-        if let Err(e) = q.execute("device_add", a) {
+        println!(">>> QMP device_add {} ({})", cpu["props"], cpu["type"]);
+        if let Err(e) = q.device_add_cpu(cpu, &format!("cpu-hp{i}")) {
             println!(">>> QEMU refused: {e}");
         }
     }
