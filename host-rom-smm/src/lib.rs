@@ -9,7 +9,7 @@
 #![no_std]
 
 use core::ptr::{addr_of, read_volatile, write_volatile};
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use q35::ich9::APM_CNT;
 use q35::io::{HwPorts, PortIo};
@@ -29,7 +29,11 @@ extern crate fw_rt;
 #[used]
 pub static mut SMM_PARAMS: SmmParams = SmmParams::empty();
 
-static LOCK: AtomicBool = AtomicBool::new(false);
+/// coreboot-style SMI lock for the handlers, holding the owner's slot + 1 (0 = free):
+/// a CPU that finds itself recorded as owner knows its earlier run was cut short (QEMU
+/// TCG resets a CPU on INIT even inside SMM), and takes the lock back instead of
+/// deadlocking every later SMI.
+static LOCK: AtomicU32 = AtomicU32::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: AtomicU64 = AtomicU64::new(0);
 static ENTRIES: [AtomicU64; MAX_SLOTS] = [ZERO; MAX_SLOTS];
@@ -39,9 +43,11 @@ const SS_RAX: u32 = 0xFFF8;
 const SS_RSI: u32 = 0xFFC8;
 const SS_RDI: u32 = 0xFFC0;
 
-/// How long a CPU that lost the lock waits for the winner (iterations of `pause`); the
-/// winner's own waits are bounded by the hotplug timeouts.
-const LOCK_WAIT_SPINS: u64 = 4_000_000_000;
+/// How long a CPU that lost the lock waits for the winner before it leaves SMM without
+/// running the handlers: longer than the longest hot-add service (bounded waits per
+/// CPU), and capped by an iteration count too.
+const LOCK_WAIT_US: u64 = 60_000_000;
+const LOCK_WAIT_SPINS: u64 = 1_000_000_000;
 
 fn params() -> &'static SmmParams {
     // SAFETY: the host wrote SMM_PARAMS before closing SMRAM; afterwards only its atomic
@@ -155,28 +161,66 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
         write_ss(smbase, SS_RAX, rax);
     }
 
-    if LOCK
-        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-        .is_ok()
-    {
-        if apmc == smm_handler::APMC_CPU_HOTPLUG {
-            let host = HostRom {
-                p,
-                window: FixedWindow {
-                    pen_base: p.pen_base,
-                },
-            };
-            let _ = hotplug::service(&host);
-        }
-        LOCK.store(false, Ordering::Release);
-    } else {
-        let mut spins = 0;
-        while LOCK.load(Ordering::Acquire) && spins < LOCK_WAIT_SPINS {
-            core::hint::spin_loop();
-            spins += 1;
-        }
+    // Only APMC 4 has handlers here; other SMIs (diagnostic queries, OS SMI IPIs) do
+    // not touch the lock at all.
+    if apmc == smm_handler::APMC_CPU_HOTPLUG {
+        run_locked(p, slot);
     }
     check_canary(p, slot);
+}
+
+fn run_locked(p: &'static SmmParams, slot: u32) {
+    let me = slot + 1;
+    let host = HostRom {
+        p,
+        window: FixedWindow {
+            pen_base: p.pen_base,
+        },
+    };
+    let mut stale = false;
+    if LOCK
+        .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+    {
+        // Our own earlier run was cut short (a CPU is in SMM at most once at a time).
+        stale = true;
+        host.log(
+            Level::Warn,
+            &[
+                Part::Str(b"SMI lock of slot "),
+                Part::Dec(slot.into()),
+                Part::Str(b" left by a CPU reset inside SMM: recovered"),
+            ],
+        );
+    }
+    if LOCK
+        .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+    {
+        if stale {
+            hotplug::recover_lost_monarch(&host);
+        }
+        let _ = hotplug::service(&host);
+        LOCK.store(0, Ordering::Release);
+        return;
+    }
+    let start = host.now_us();
+    let mut spins = 0u64;
+    while LOCK.load(Ordering::Acquire) != 0 {
+        spins += 1;
+        if spins >= LOCK_WAIT_SPINS || host.now_us().wrapping_sub(start) >= LOCK_WAIT_US {
+            host.log(
+                Level::Warn,
+                &[
+                    Part::Str(b"SMI lock held too long; slot "),
+                    Part::Dec(slot.into()),
+                    Part::Str(b" leaves SMM without running the handlers"),
+                ],
+            );
+            return;
+        }
+        core::hint::spin_loop();
+    }
 }
 
 fn check_canary(p: &SmmParams, slot: u32) {

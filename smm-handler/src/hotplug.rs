@@ -402,3 +402,49 @@ fn undo<P: Platform + ?Sized>(p: &P, n: usize) {
     p.set_route(n, None);
     p.slots().set(n, slots::FREE, slots::NO_APIC);
 }
+
+/// The monarch was lost mid-service: under QEMU TCG an INIT resets a CPU even inside
+/// SMM (spec 6.4 T2), e.g. when the OS starts a CPU that had taken a late SMI and was
+/// re-running this handler. Call with the host's SMI lock recovered, before the next
+/// service. A relocation that was in flight is finished like a timeout: undone if its
+/// CPU never took the gate, else its slot is quarantined and hot-add stops (fail closed).
+pub fn recover_lost_monarch<P: Platform + ?Sized>(p: &P) {
+    let slots = p.slots();
+    let w = p.window();
+    for n in 0..p.slot_count() {
+        if slots.state(n) != slots::RELOCATING {
+            continue;
+        }
+        let apic = slots.apic(n);
+        if w.gate_cas(u64::from(apic), crate::first_smi::GATE_CLOSED) {
+            undo(p, n);
+            p.log(
+                Level::Warn,
+                &[
+                    Part::Str(b"lost monarch: relocation of APIC ID "),
+                    Part::Dec(apic.into()),
+                    Part::Str(b" undone, slot "),
+                    Part::Dec(n as u64),
+                    Part::Str(b" freed"),
+                ],
+            );
+        } else if w.about_to_leave() != 0 && w.pen_signal() != 0 {
+            // It finished: the monarch died after the CPU reached the pen.
+            slots.set(n, slots::ACTIVE, apic);
+            w.clear_arrived(apic);
+        } else {
+            slots.set(n, slots::QUARANTINED, apic);
+            slots.stop();
+            p.log(
+                Level::Error,
+                &[
+                    Part::Str(b"lost monarch during the relocation of APIC ID "),
+                    Part::Dec(apic.into()),
+                    Part::Str(b"; slot "),
+                    Part::Dec(n as u64),
+                    Part::Str(b" quarantined; CPU hot-add stopped until reset"),
+                ],
+            );
+        }
+    }
+}
