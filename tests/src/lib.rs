@@ -75,6 +75,33 @@ macro_rules! host_rom_only {
     };
 }
 
+/// The first line of `QEMU --version`.
+pub fn qemu_version() -> String {
+    qemu_binary()
+        .and_then(|b| check_qemu(&b))
+        .unwrap_or_default()
+}
+
+/// Whether this QEMU ignores SIPIs sent to a CPU in SMM under TCG ("i386/cpu: Prevent
+/// delivering SIPI during SMM in TCG mode", upstream 10.2, backported by Debian to
+/// 7.2.22). Security tests are authoritative only there.
+pub fn qemu_fixes_sipi_in_smm() -> bool {
+    let v = qemu_version();
+    let Some(num) = v
+        .split("version ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+    else {
+        return false;
+    };
+    let parts: Vec<u32> = num.split('.').filter_map(|p| p.parse().ok()).collect();
+    match parts.as_slice() {
+        [7, 2, micro, ..] => *micro >= 22 && v.contains("Debian"),
+        [major, minor, ..] => (*major, *minor) >= (10, 2),
+        _ => false,
+    }
+}
+
 static IMAGES: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
 
 /// Paths of the ROM and payload, building them with `scripts/build` once per process

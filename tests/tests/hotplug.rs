@@ -216,9 +216,24 @@ fn without_the_default_smbase_lock_the_same_attack_leaks_smram() {
 
 #[test]
 fn a_sipi_to_planted_code_while_the_new_cpu_waits_at_the_gate_never_runs_it_in_smm() {
-    // Authoritative on QEMU 7.2.22 (which ignores SIPIs in SMM). QEMU 10.0.2 has the
-    // SIPI-in-SMM defect (spec 9 review note); the first-SMI handler's self-SIPI
-    // narrows it. A failure on 10.0.2 alone is that QEMU defect, not the firmware.
+    // Authoritative only on a QEMU with the fix "i386/cpu: Prevent delivering SIPI during
+    // SMM in TCG mode" (Debian's 7.2.22 has it). QEMU 10.0.2 has the SIPI-in-SMM defect
+    // (spec 9 review note): the first-SMI handler's self-SIPI narrows it, but an OS SIPI
+    // that lands before the self-SIPI still wins. There the outcome is reported, not
+    // asserted.
+    if !qemu_fixes_sipi_in_smm() {
+        let mut vm = hotplug_vm("1,maxcpus=4", 1, Some("attack+sipi-attack"));
+        let q = vm.qmp.as_mut().unwrap();
+        let free = free_cpus(q);
+        device_add(q, &free[0], "hp0").unwrap();
+        let o = vm.wait_exit(T);
+        let leaked = o.output.contains("bytes copied out of TSEG: true");
+        eprintln!(
+            "QEMU defect (SIPI delivered to a CPU in SMM, {}): not authoritative; TSEG leaked this run: {leaked}",
+            qemu_version()
+        );
+        return;
+    }
     let o = plug_and_check("1,maxcpus=4", 1, Some("attack+sipi-attack"));
     assert!(
         o.output
