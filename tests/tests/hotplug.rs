@@ -177,12 +177,14 @@ fn a_second_hotplug_round_after_the_first_relocates_only_the_new_cpu() {
     device_add(q, &free[1], "hp1").unwrap();
     let o = vm.wait_exit(T);
     o.assert_pass();
-    assert_eq!(
-        o.output.matches("[SMM INFO ] relocated APIC ID").count(),
-        2,
-        "{}",
-        o.output
-    );
+    if testing_host_rom() {
+        assert_eq!(
+            o.output.matches("[SMM INFO ] relocated APIC ID").count(),
+            2,
+            "{}",
+            o.output
+        );
+    }
     assert!(start.elapsed() < T);
 }
 
