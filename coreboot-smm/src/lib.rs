@@ -181,11 +181,6 @@ pub unsafe extern "C" fn rust_cpu_hotplug_apmc(env: *const Env) {
 const ZERO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static ENTRIES: [core::sync::atomic::AtomicU64; MAX_SLOTS] = [ZERO; MAX_SLOTS];
 
-/// Save-state offsets (64-bit map, relative to SMBASE).
-const SS_RAX: u32 = 0xFFF8;
-const SS_RSI: u32 = 0xFFC8;
-const SS_RDI: u32 = 0xFFC0;
-
 /// Called by every CPU at SMI entry, before coreboot's SMI lock, with its slot and that
 /// slot's SMBASE. Returns non-zero when the CPU is being relocated and must leave SMM at
 /// once (R12). Otherwise answers the read-only diagnostic query in this CPU's own save
@@ -202,17 +197,8 @@ pub extern "C" fn rust_cpu_hotplug_smi_entry(cpu: u32, smbase: u32) -> i32 {
     if smbase == 0 || q35::io::PortIo::inb(&HwPorts, q35::ich9::APM_CNT) != diag::APMC_DIAG_QUERY {
         return 0;
     }
-    let ss = |off: u32| (smbase as usize + off as usize) as *mut u64;
-    // SAFETY: `smbase` is this CPU's own slot (coreboot's save-state map), so these are
-    // its own saved registers in TSEG.
-    unsafe {
-        if diag::is_request(core::ptr::read_volatile(ss(SS_RAX))) {
-            let (rax, rsi, rdi) = diag::answer(cpu, smbase, n);
-            core::ptr::write_volatile(ss(SS_RSI), rsi);
-            core::ptr::write_volatile(ss(SS_RDI), rdi);
-            core::ptr::write_volatile(ss(SS_RAX), rax);
-        }
-    }
+    // SAFETY: `smbase` is this CPU's own slot (coreboot's save-state map).
+    unsafe { diag::answer_in_save_state(cpu, smbase, n) };
     0
 }
 

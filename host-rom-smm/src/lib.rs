@@ -8,7 +8,7 @@
 //! object by `fwtool check-smm` (tests/tests/smm_object.rs).
 #![no_std]
 
-use core::ptr::{addr_of, read_volatile, write_volatile};
+use core::ptr::{addr_of, read_volatile};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use q35::ich9::APM_CNT;
@@ -37,11 +37,6 @@ static LOCK: AtomicU32 = AtomicU32::new(0);
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: AtomicU64 = AtomicU64::new(0);
 static ENTRIES: [AtomicU64; MAX_SLOTS] = [ZERO; MAX_SLOTS];
-
-/// Save-state offsets (64-bit map, relative to SMBASE).
-const SS_RAX: u32 = 0xFFF8;
-const SS_RSI: u32 = 0xFFC8;
-const SS_RDI: u32 = 0xFFC0;
 
 /// How long a CPU that lost the lock waits for the winner before it leaves SMM without
 /// running the handlers: longer than the longest hot-add service (bounded waits per
@@ -122,17 +117,6 @@ impl Platform for HostRom {
     }
 }
 
-fn read_ss(smbase: u32, off: u32) -> u64 {
-    // SAFETY: `smbase` comes from the SMRAM parameter block for this CPU's own slot, so
-    // the save state is this CPU's, inside TSEG.
-    unsafe { read_volatile((smbase + off) as *const u64) }
-}
-
-fn write_ss(smbase: u32, off: u32, v: u64) {
-    // SAFETY: as for `read_ss`; only this CPU's own save state is written.
-    unsafe { write_volatile((smbase + off) as *mut u64, v) }
-}
-
 /// The Rust entry called by each slot's stub with the slot index.
 #[no_mangle]
 pub extern "sysv64" fn smm_entry(slot: u32) {
@@ -154,11 +138,9 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     let apmc = HwPorts.inb(APM_CNT);
 
     // Per-CPU part: the diagnostic query answers in this CPU's own save state only.
-    if apmc == diag::APMC_DIAG_QUERY && diag::is_request(read_ss(smbase, SS_RAX)) {
-        let (rax, rsi, rdi) = diag::answer(slot, smbase, n);
-        write_ss(smbase, SS_RSI, rsi);
-        write_ss(smbase, SS_RDI, rdi);
-        write_ss(smbase, SS_RAX, rax);
+    if apmc == diag::APMC_DIAG_QUERY {
+        // SAFETY: `smbase` is this CPU's own slot, from the SMRAM parameter block.
+        unsafe { diag::answer_in_save_state(slot, smbase, n) };
     }
 
     // Only APMC 4 has handlers here; other SMIs (diagnostic queries, OS SMI IPIs) do

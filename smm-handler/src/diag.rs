@@ -61,3 +61,28 @@ pub fn query() -> Option<(u64, u64)> {
     }
     parse_answer(rax, rsi, rdi)
 }
+
+/// Save-state offsets (64-bit map, relative to SMBASE) of the registers the query uses.
+const SS_RAX: u32 = 0xFFF8;
+const SS_RSI: u32 = 0xFFC8;
+const SS_RDI: u32 = 0xFFC0;
+
+/// SMM side: if this CPU's saved RAX holds a request, answer it in the same save state
+/// with `slot`, `smbase` and `count`. Call only when port 0xB2 reads
+/// [`APMC_DIAG_QUERY`].
+///
+/// # Safety
+/// `smbase` must be the SMBASE of the calling CPU's own slot, so that SMBASE+0xFE00..
+/// +0x10000 is its live save state in SMRAM.
+pub unsafe fn answer_in_save_state(slot: u32, smbase: u32, count: u64) {
+    let ss = |off: u32| (smbase as usize + off as usize) as *mut u64;
+    // SAFETY: the caller guarantees these are this CPU's own saved registers.
+    unsafe {
+        if is_request(core::ptr::read_volatile(ss(SS_RAX))) {
+            let (rax, rsi, rdi) = answer(slot, smbase, count);
+            core::ptr::write_volatile(ss(SS_RSI), rsi);
+            core::ptr::write_volatile(ss(SS_RDI), rdi);
+            core::ptr::write_volatile(ss(SS_RAX), rax);
+        }
+    }
+}
