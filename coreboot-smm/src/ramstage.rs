@@ -31,13 +31,7 @@ impl Console for RamConsole {
 
     fn line(&self, _level: Level, parts: &[Part<'_>]) {
         self.write(b"cpu hotplug: ");
-        for p in parts {
-            match *p {
-                Part::Str(s) => self.write(s),
-                Part::Dec(v) => self.write_dec(v),
-                Part::Hex(v) => self.write_hex(v),
-            }
-        }
+        self.parts(parts);
         self.write(b"\n");
     }
 }
@@ -189,13 +183,7 @@ pub extern "C" fn rust_cpu_hotplug_possible_cpus() -> i32 {
 
 fn tsc_per_us() -> u64 {
     let pmbase = q35::ich9::pmbase(&HwPorts).unwrap_or(q35::ich9::PMBASE);
-    let tm = PmTimer::new(&HwPorts, pmbase);
-    // SAFETY: RDTSC has no side effects.
-    let t0 = unsafe { core::arch::x86_64::_rdtsc() };
-    tm.delay_us(10_000);
-    // SAFETY: as above.
-    let t1 = unsafe { core::arch::x86_64::_rdtsc() };
-    (t1.wrapping_sub(t0) / 10_000).max(1)
+    PmTimer::new(&HwPorts, pmbase).tsc_per_us()
 }
 
 /// After MP init and `restore_default_smm_area()`: record the boot-info block, install

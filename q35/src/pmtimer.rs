@@ -46,6 +46,17 @@ impl<'a, P: PortIo> PmTimer<'a, P> {
         let _ = self.wait_until(us, || false);
     }
 
+    /// TSC ticks per microsecond, measured against this timer over 10 ms (for clocks in
+    /// code that must not rely on the OS-movable PM timer later, e.g. SMM).
+    pub fn tsc_per_us(&self) -> u64 {
+        // SAFETY: RDTSC has no side effects.
+        let t0 = unsafe { core::arch::x86_64::_rdtsc() };
+        self.delay_us(10_000);
+        // SAFETY: as above.
+        let t1 = unsafe { core::arch::x86_64::_rdtsc() };
+        (t1.wrapping_sub(t0) / 10_000).max(1)
+    }
+
     /// Poll `cond` until it holds or `us` microseconds pass; returns the last verdict.
     pub fn wait_until(&self, us: u64, mut cond: impl FnMut() -> bool) -> bool {
         let mut sw = self.start();

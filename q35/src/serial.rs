@@ -45,41 +45,4 @@ impl<'a, P: PortIo> Serial<'a, P> {
             self.write_byte(c);
         }
     }
-
-    /// Write `v` as `0x` and `digits` hex digits, without `core::fmt`.
-    pub fn write_hex(&self, v: u64, digits: u32) {
-        self.write_bytes(b"0x");
-        let mut i = digits.min(16);
-        while i > 0 {
-            i -= 1;
-            let nib = ((v >> (i * 4)) & 0xF) as u8;
-            self.write_byte(if nib < 10 {
-                b'0' + nib
-            } else {
-                b'a' + nib - 10
-            });
-        }
-    }
-
-    /// Write `v` in decimal without `core::fmt`.
-    pub fn write_dec(&self, mut v: u64) {
-        let mut buf = [0u8; 20];
-        let mut n = 0;
-        loop {
-            if let Some(slot) = buf.get_mut(n) {
-                *slot = b'0' + (v % 10) as u8;
-            }
-            n += 1;
-            v /= 10;
-            if v == 0 || n >= 20 {
-                break;
-            }
-        }
-        while n > 0 {
-            n -= 1;
-            if let Some(&c) = buf.get(n) {
-                self.write_byte(c);
-            }
-        }
-    }
 }

@@ -71,8 +71,7 @@ pub trait Console {
         self.write(buf.get(..n).unwrap_or(&[]));
     }
 
-    fn line(&self, level: Level, parts: &[Part<'_>]) {
-        self.write(level.tag());
+    fn parts(&self, parts: &[Part<'_>]) {
         for p in parts {
             match *p {
                 Part::Str(s) => self.write(s),
@@ -80,6 +79,11 @@ pub trait Console {
                 Part::Hex(v) => self.write_hex(v),
             }
         }
+    }
+
+    fn line(&self, level: Level, parts: &[Part<'_>]) {
+        self.write(level.tag());
+        self.parts(parts);
         self.write(b"\n");
     }
 }
