@@ -4,6 +4,8 @@
 //! are fit for SMM. Only firmware images link this crate (coreboot brings its own).
 #![no_std]
 
+/// Copy `n` bytes from `src` to `dst` (C `memcpy`); returns `dst`.
+///
 /// # Safety
 /// C `memcpy` contract: `n` bytes valid at both pointers, no overlap.
 #[no_mangle]
@@ -17,16 +19,22 @@ pub unsafe extern "C" fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut 
     dst
 }
 
+/// Copy `n` bytes from `src` to `dst`, correct when the ranges overlap (C `memmove`);
+/// returns `dst`.
+///
 /// # Safety
 /// C `memmove` contract: `n` bytes valid at both pointers; they may overlap.
 #[no_mangle]
 pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     if (dst as usize) <= (src as usize) || (dst as usize) >= (src as usize).wrapping_add(n) {
-        // SAFETY: a forward copy is correct when dst is below src or past its end.
+        // SAFETY: the caller guarantees `n` valid bytes at both pointers, and a forward copy
+        // (memcpy's `rep movsb`) is correct when dst is below src or past its end.
         return unsafe { memcpy(dst, src, n) };
     }
-    // SAFETY: overlapping with dst above src: copy backwards from the last byte, then
-    // restore DF as the ABI requires.
+    // SAFETY: the caller guarantees `n` valid bytes at both pointers, and `n > 0` here (for
+    // `n == 0` the check above took the memcpy path), so `add(n - 1)` stays in range. The
+    // ranges overlap with dst above src: copy backwards from the last byte, then restore DF
+    // as the ABI requires.
     unsafe {
         core::arch::asm!("std", "rep movsb", "cld", inout("rcx") n => _,
             inout("rdi") dst.add(n - 1) => _, inout("rsi") src.add(n - 1) => _,
@@ -35,6 +43,8 @@ pub unsafe extern "C" fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut
     dst
 }
 
+/// Fill `n` bytes at `dst` with the low byte of `c` (C `memset`); returns `dst`.
+///
 /// # Safety
 /// C `memset` contract: `n` bytes valid at `dst`.
 #[no_mangle]
@@ -47,6 +57,9 @@ pub unsafe extern "C" fn memset(dst: *mut u8, c: i32, n: usize) -> *mut u8 {
     dst
 }
 
+/// Compare `n` bytes (C `memcmp`): 0 when equal, else the difference of the first
+/// differing bytes as unsigned values.
+///
 /// # Safety
 /// C `memcmp` contract: `n` bytes valid at both pointers.
 #[no_mangle]
@@ -69,10 +82,13 @@ pub unsafe extern "C" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     0
 }
 
+/// Compare `n` bytes for equality (C `bcmp`): 0 when equal, nonzero otherwise.
+///
 /// # Safety
-/// As `memcmp`.
+/// As [`memcmp`]: `n` bytes valid at both pointers.
 #[no_mangle]
 pub unsafe extern "C" fn bcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    // SAFETY: same contract as memcmp.
+    // SAFETY: bcmp's caller guarantees `n` valid bytes at both pointers, which is exactly
+    // memcmp's contract.
     unsafe { memcmp(a, b, n) }
 }

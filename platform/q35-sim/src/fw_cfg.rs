@@ -1,5 +1,6 @@
 //! QEMU fw_cfg on the x86 I/O ports: selector 0x510 (16-bit write), data 0x511 (8-bit
-//! read), DMA address 0x514 (high) / 0x518 (low, triggers), big-endian (spec 3.1-3.3).
+//! read), DMA address 0x514 (high) / 0x518 (low, triggers), big-endian (QEMU
+//! `hw/nvram/fw_cfg.c`; see `docs/qemu.md`).
 //!
 //! Items: signature (0x00), ID (0x01), NB_CPUS (0x05), MAX_CPUS (0x0F), the file directory
 //! (0x19) and files at 0x20 + their index in name order (QEMU sorts the directory by name
@@ -17,37 +18,57 @@ use std::collections::BTreeMap;
 
 use crate::smi::{self, SmiNegotiation};
 
+/// Selector port (16-bit write selects).
 pub const PORT_SELECTOR: u16 = 0x510;
+/// Data port (8-bit read).
 pub const PORT_DATA: u16 = 0x511;
+/// First DMA address port (high dword, big-endian).
 pub const PORT_DMA: u16 = 0x514;
+/// DMA address port for the low dword (big-endian); a write runs the transfer.
 pub const PORT_DMA_LOW: u16 = 0x518;
+/// Bytes of I/O space the DMA address ports take (0x514-0x51B).
 pub const DMA_PORTS_LEN: u16 = 8;
 
+/// Key `FW_CFG_SIGNATURE`: "QEMU".
 pub const KEY_SIGNATURE: u16 = 0x0000;
+/// Key `FW_CFG_ID`: feature bits ([`ID_TRADITIONAL`], [`ID_DMA`]), u32 little-endian.
 pub const KEY_ID: u16 = 0x0001;
+/// Key `FW_CFG_NB_CPUS`: CPUs present now, u16 little-endian.
 pub const KEY_NB_CPUS: u16 = 0x0005;
+/// Key `FW_CFG_MAX_CPUS`: largest possible APIC ID + 1 (QEMU's `apic_id_limit`), u16
+/// little-endian.
 pub const KEY_MAX_CPUS: u16 = 0x000F;
+/// Key `FW_CFG_FILE_DIR`: the file directory.
 pub const KEY_FILE_DIR: u16 = 0x0019;
+/// Key of the first file (`FW_CFG_FILE_FIRST`); files follow in name order.
 pub const KEY_FILE_FIRST: u16 = 0x0020;
-/// File slots of the fw_cfg device (QEMU's default `x-file-slots`).
+/// How many files the device holds (QEMU's default `x-file-slots`).
 pub const FILE_SLOTS: u16 = 0x20;
 
 const ARCH_LOCAL: u16 = 0x8000;
 const ENTRY_MASK: u16 = 0x3FFF;
 const MAX_ENTRY: u16 = KEY_FILE_FIRST + FILE_SLOTS;
 
+/// [`KEY_ID`] bit 0: the selector/data port interface exists.
 pub const ID_TRADITIONAL: u32 = 1 << 0;
+/// [`KEY_ID`] bit 1: the DMA interface exists.
 pub const ID_DMA: u32 = 1 << 1;
 
+/// DMA control bit 0: the transfer failed (the device's only answer besides 0 = done).
 pub const DMA_CTL_ERROR: u32 = 0x01;
+/// DMA control bit 1: read item bytes into guest memory.
 pub const DMA_CTL_READ: u32 = 0x02;
+/// DMA control bit 2: advance the item offset without copying.
 pub const DMA_CTL_SKIP: u32 = 0x04;
+/// DMA control bit 3: select the item in bits 31:16 first.
 pub const DMA_CTL_SELECT: u32 = 0x08;
+/// DMA control bit 4: write guest memory into the item (writable files only).
 pub const DMA_CTL_WRITE: u32 = 0x10;
 
 /// What the DMA address ports read back: "QEMU CFG".
 pub const DMA_SIGNATURE: [u8; 8] = *b"QEMU CFG";
 
+/// Size of a directory entry's NUL-padded name field (names are at most 55 bytes).
 pub const FILE_NAME_LEN: usize = 56;
 const DIR_ENTRY_LEN: usize = 64;
 
@@ -66,19 +87,26 @@ struct Entry {
 /// A file in the directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The file name, e.g. `etc/smi/features-ok`.
     pub name: String,
+    /// The key that selects it.
     pub key: u16,
+    /// Its size in bytes.
     pub size: u32,
 }
 
 /// A file to put into fw_cfg at construction.
 #[derive(Clone, Debug)]
 pub struct FileSpec {
+    /// The file name (1-55 bytes).
     pub name: String,
+    /// The initial contents.
     pub data: Vec<u8>,
+    /// Whether a DMA write may change the contents.
     pub writable: bool,
 }
 
+/// The fw_cfg device: fixed items, files, the selection and the DMA engine.
 pub struct FwCfg {
     dma_enabled: bool,
     entries: BTreeMap<u16, Entry>,
@@ -95,10 +123,11 @@ fn entry_index(key: u16) -> u16 {
 }
 
 impl FwCfg {
-    /// `smi_supported` = 0 leaves out the three SMI files, like QEMU does.
+    /// A device with the fixed items, `user_files` and, unless `smi_supported` is 0 (as
+    /// QEMU does for machines without the feature), the three SMI negotiation files.
     ///
     /// # Panics
-    /// If there are more files than slots or a name does not fit 55 bytes + NUL.
+    /// If there are more files than [`FILE_SLOTS`] or a name does not fit 55 bytes + NUL.
     pub fn new(
         dma: bool,
         nb_cpus: u16,
@@ -219,6 +248,7 @@ impl FwCfg {
         self.select(KEY_SIGNATURE);
     }
 
+    /// Whether the DMA interface exists.
     pub fn has_dma(&self) -> bool {
         self.dma_enabled
     }
@@ -401,24 +431,29 @@ impl FwCfg {
         }
     }
 
+    /// Current bytes of the item selected by `key`.
     pub fn item(&self, key: u16) -> Option<&[u8]> {
         self.entries
             .get(&entry_index(key))
             .map(|e| e.data.as_slice())
     }
 
+    /// The file directory, in key order.
     pub fn directory(&self) -> &[DirEntry] {
         &self.dir
     }
 
+    /// The key of the file called `name`.
     pub fn file_key(&self, name: &str) -> Option<u16> {
         self.dir.iter().find(|d| d.name == name).map(|d| d.key)
     }
 
+    /// Current bytes of the file called `name`.
     pub fn file(&self, name: &str) -> Option<&[u8]> {
         self.file_key(name).and_then(|k| self.item(k))
     }
 
+    /// The SMI negotiation state, when the SMI files exist.
     pub fn smi(&self) -> Option<&SmiNegotiation> {
         self.smi.as_ref()
     }

@@ -1,12 +1,12 @@
 //! Host-only simulator of the QEMU q35 devices the firmware touches, for tests.
 //!
 //! [`Q35Sim`] implements [`q35::io::PortIo`], so the `q35` drivers (and anything built on
-//! them) run unchanged against it. It models, with QEMU 7.2 semantics (see
-//! `shared/spec/cpu-hotplug-smm-protocol.md` sections 1, 3, 4, 5):
+//! them) run unchanged against it. It models, with QEMU 7.2 semantics (see `docs/qemu.md`
+//! and `docs/protocol.md`):
 //!
 //! * PCI config mechanism #1 at 0xCF8/0xCFC ([`pci`]) with the MCH at 0:0.0 ([`mch`]:
-//!   SMRAMC, ESMRAMC, "SMRAM at default SMBASE" 0x9C) and the ICH9 LPC at 0:31.0 ([`lpc`]:
-//!   PMBASE, ACPI_CNTL); every other function reads all-ones;
+//!   SMRAMC, ESMRAMC, and 0x9C for the default-SMBASE window) and the ICH9 LPC at 0:31.0
+//!   ([`lpc`]: PMBASE, ACPI_CNTL); every other function reads all-ones;
 //! * the ICH9 PM I/O block at PMBASE once decoded ([`pm`]);
 //! * APM_CNT / APM_STS at 0xB2 / 0xB3 with a log of APMC writes and the SMIs they would
 //!   raise ([`apm`]);
@@ -14,6 +14,9 @@
 //!   ([`fw_cfg`], [`smi`]);
 //! * the CPU hotplug block at 0x0CD8, legacy and modern ([`cpuhp`]), with test hooks to
 //!   plug, request unplug and set events.
+//!
+//! The CPU hotplug hooks take a *selector*: the CPU's index in the list of possible CPUs,
+//! as the register block numbers them (its [`CpuSlot`] entry).
 //!
 //! Ports nobody decodes read all-ones and ignore writes.
 //!
@@ -65,11 +68,11 @@ pub(crate) fn truncate(value: u32, size: u8) -> u32 {
 /// Why a hotplug hook was refused; the messages are QEMU's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HotplugError {
-    /// The slot index is not a possible CPU.
+    /// The selector is not a possible CPU.
     NoSuchSlot,
-    /// A vCPU already exists in the slot (QEMU: "CPU\[n\] with APIC ID m exists").
+    /// The CPU at the selector already exists (QEMU: "CPU\[n\] with APIC ID m exists").
     AlreadyPresent,
-    /// No vCPU in the slot to unplug.
+    /// The CPU at the selector does not exist, so there is nothing to unplug.
     NotPresent,
     /// BROADCAST negotiated without CPU_HOTPLUG.
     HotplugNotEnabledByFirmware,
@@ -77,7 +80,7 @@ pub enum HotplugError {
     HotUnplugNotEnabledByFirmware,
     /// Unplug requests need the modern interface.
     LegacyInterface,
-    /// Slot 0 cannot be unplugged.
+    /// The CPU at selector 0 (the boot CPU) cannot be unplugged.
     BootCpu,
 }
 
@@ -99,17 +102,20 @@ impl fmt::Display for HotplugError {
 
 impl std::error::Error for HotplugError {}
 
-/// Event bits of one CPU slot, for [`Q35Sim::set_cpu_events`].
+/// Event bits of one possible CPU, for [`Q35Sim::set_cpu_events`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CpuEvents {
+    /// Insert event pending (status bit 1).
     pub insert: bool,
+    /// Remove event pending (status bit 2).
     pub remove: bool,
+    /// Marked for ejection by firmware (status bit 4).
     pub fw_remove: bool,
 }
 
 /// Machine configuration. The default is `pc-q35-7.2,smm=on -smp 1` on the Debian QEMU
-/// 7.2 this project targets: SMI features 0x7, fw_cfg DMA, SMRAM at default SMBASE, a
-/// switchable CPU hotplug block.
+/// 7.2 this project targets: SMI features 0x7, fw_cfg DMA, the default-SMBASE window
+/// (0x9C), a switchable CPU hotplug block.
 #[derive(Clone, Debug)]
 pub struct SimBuilder {
     arch_ids: Vec<u64>,
@@ -148,11 +154,12 @@ impl SimBuilder {
     }
 
     /// Possible CPUs with explicit arch (APIC) IDs in selector order, e.g. `[0, 1, 2, 4,
-    /// 5, 6]` for a topology with holes; `present_slots` are selector indices.
-    pub fn cpus(mut self, arch_ids: &[u64], present_slots: &[usize]) -> Self {
+    /// 5, 6]` for a topology with holes; `present_selectors` lists the CPUs present at
+    /// power-on.
+    pub fn cpus(mut self, arch_ids: &[u64], present_selectors: &[usize]) -> Self {
         self.arch_ids = arch_ids.to_vec();
         self.present = (0..arch_ids.len())
-            .map(|i| present_slots.contains(&i))
+            .map(|i| present_selectors.contains(&i))
             .collect();
         self
     }
@@ -163,6 +170,8 @@ impl SimBuilder {
         self
     }
 
+    /// Which CPU hotplug register block the machine has (default
+    /// [`CpuHpModel::Switchable`]).
     pub fn cpu_hotplug(mut self, model: CpuHpModel) -> Self {
         self.cpuhp = model;
         self
@@ -192,7 +201,8 @@ impl SimBuilder {
         self
     }
 
-    /// Machine type <= 4.2 (`mch.smbase-smram=off`): 0x9C is plain storage.
+    /// Machine type <= 4.2 (`mch.smbase-smram=off`): no default-SMBASE window, 0x9C is
+    /// plain storage.
     pub fn without_smbase_smram(mut self) -> Self {
         self.smbase_smram = false;
         self
@@ -218,6 +228,7 @@ impl SimBuilder {
         self
     }
 
+    /// The machine, powered on: every device in its reset state.
     pub fn build(self) -> Q35Sim {
         let cpuhp = CpuHotplug::new(self.cpuhp, &self.arch_ids, &self.present);
         let nb_cpus = cpuhp.present_count() as u16;
@@ -415,6 +426,7 @@ impl Q35Sim {
         SimBuilder::default().build()
     }
 
+    /// A [`SimBuilder`] with the defaults of [`Q35Sim::new`].
     pub fn builder() -> SimBuilder {
         SimBuilder::default()
     }
@@ -434,14 +446,17 @@ impl Q35Sim {
 
     // ---- MCH ----------------------------------------------------------------------
 
+    /// State of the default-SMBASE window (MCH 0x9C).
     pub fn smbase_smram(&self) -> SmbaseSmram {
         self.m.borrow().mch.smbase_smram()
     }
 
+    /// Current MCH SMRAMC (0x9D).
     pub fn smramc(&self) -> u8 {
         self.m.borrow().mch.smramc()
     }
 
+    /// Current MCH ESMRAMC (0x9E).
     pub fn esmramc(&self) -> u8 {
         self.m.borrow().mch.esmramc()
     }
@@ -453,10 +468,12 @@ impl Q35Sim {
         self.m.borrow().lpc.pm_io_base()
     }
 
+    /// Current PM1_CNT (bit 0 is SCI_EN).
     pub fn pm1_cnt(&self) -> u32 {
         self.m.borrow().pm.pm1_cnt()
     }
 
+    /// Current SMI_EN (bit 0 GBL_SMI_EN, bit 5 APMC_EN).
     pub fn smi_en(&self) -> u32 {
         self.m.borrow().pm.smi_en()
     }
@@ -466,6 +483,7 @@ impl Q35Sim {
         self.m.borrow().pm.gpe0_sts()
     }
 
+    /// Move the PM timer forward by `ticks` (3.579545 MHz ticks, wrapping at 24 bits).
     pub fn advance_pm_timer(&self, ticks: u32) {
         self.m.borrow_mut().pm.advance_timer(ticks);
     }
@@ -491,6 +509,7 @@ impl Q35Sim {
             .count()
     }
 
+    /// Forget the APM_CNT writes logged so far.
     pub fn clear_apm_log(&self) {
         self.m.borrow_mut().apm.clear_log();
     }
@@ -523,6 +542,7 @@ impl Q35Sim {
 
     // ---- CPU hotplug -------------------------------------------------------------------
 
+    /// Whether the CPU hotplug block is still the legacy bitmap or switched to modern.
     pub fn cpuhp_mode(&self) -> CpuHpMode {
         self.m.borrow().cpuhp.mode()
     }
@@ -532,29 +552,32 @@ impl Q35Sim {
         self.m.borrow().cpuhp.slots().to_vec()
     }
 
-    pub fn cpu_slot(&self, slot: usize) -> Option<CpuSlot> {
-        self.m.borrow().cpuhp.slot(slot).copied()
+    /// The possible CPU at `selector`, or `None` past the last one.
+    pub fn cpu_slot(&self, selector: usize) -> Option<CpuSlot> {
+        self.m.borrow().cpuhp.slot(selector).copied()
     }
 
+    /// Number of CPUs that exist now.
     pub fn present_cpus(&self) -> usize {
         self.m.borrow().cpuhp.present_count()
     }
 
-    /// The modern interface's selector and command registers.
+    /// The modern interface's selector register.
     pub fn cpuhp_selector(&self) -> u32 {
         self.m.borrow().cpuhp.selector()
     }
 
+    /// The modern interface's command register.
     pub fn cpuhp_command(&self) -> u8 {
         self.m.borrow().cpuhp.command()
     }
 
-    /// `device_add` of the CPU for `slot`: refused like QEMU's pre-plug check, else the vCPU
-    /// appears, gets an insert event (modern mode) or its present bit (legacy mode),
+    /// `device_add` of the CPU at `selector`: refused like QEMU's pre-plug check, else the
+    /// vCPU appears, gets an insert event (modern mode) or its present bit (legacy mode),
     /// GPE0 bit 2 is raised and FW_CFG_NB_CPUS grows.
-    pub fn plug_cpu(&self, slot: usize) -> Result<(), HotplugError> {
+    pub fn plug_cpu(&self, selector: usize) -> Result<(), HotplugError> {
         let mut m = self.m.borrow_mut();
-        let s = m.cpuhp.slot(slot).ok_or(HotplugError::NoSuchSlot)?;
+        let s = m.cpuhp.slot(selector).ok_or(HotplugError::NoSuchSlot)?;
         if s.present {
             return Err(HotplugError::AlreadyPresent);
         }
@@ -562,21 +585,21 @@ impl Q35Sim {
         if neg & smi::BROADCAST != 0 && neg & smi::CPU_HOTPLUG == 0 {
             return Err(HotplugError::HotplugNotEnabledByFirmware);
         }
-        m.cpuhp.plug(slot);
+        m.cpuhp.plug(selector);
         m.pm.raise_gpe0(pm::GPE0_CPU_HOTPLUG);
         m.sync_nb_cpus();
         Ok(())
     }
 
-    /// `device_del` of the CPU in `slot`: refused like QEMU, else the remove event is set
-    /// and GPE0 bit 2 raised. The CPU goes away only when ejected through the block.
-    pub fn request_cpu_unplug(&self, slot: usize) -> Result<(), HotplugError> {
+    /// `device_del` of the CPU at `selector`: refused like QEMU, else the remove event is
+    /// set and GPE0 bit 2 raised. The CPU goes away only when ejected through the block.
+    pub fn request_cpu_unplug(&self, selector: usize) -> Result<(), HotplugError> {
         let mut m = self.m.borrow_mut();
-        let s = m.cpuhp.slot(slot).ok_or(HotplugError::NoSuchSlot)?;
+        let s = m.cpuhp.slot(selector).ok_or(HotplugError::NoSuchSlot)?;
         if !s.present {
             return Err(HotplugError::NotPresent);
         }
-        if slot == 0 {
+        if selector == 0 {
             return Err(HotplugError::BootCpu);
         }
         if m.cpuhp.mode() == CpuHpMode::Legacy {
@@ -586,17 +609,18 @@ impl Q35Sim {
         if neg & smi::BROADCAST != 0 && neg & smi::CPU_HOT_UNPLUG == 0 {
             return Err(HotplugError::HotUnplugNotEnabledByFirmware);
         }
-        if let Some(s) = m.cpuhp.slot_mut(slot) {
+        if let Some(s) = m.cpuhp.slot_mut(selector) {
             s.removing = true;
         }
         m.pm.raise_gpe0(pm::GPE0_CPU_HOTPLUG);
         Ok(())
     }
 
-    /// Set a slot's event bits directly (e.g. stale events surviving a reset).
-    pub fn set_cpu_events(&self, slot: usize, ev: CpuEvents) -> Result<(), HotplugError> {
+    /// Set the event bits of the CPU at `selector` directly (e.g. stale events surviving a
+    /// reset).
+    pub fn set_cpu_events(&self, selector: usize, ev: CpuEvents) -> Result<(), HotplugError> {
         let mut m = self.m.borrow_mut();
-        let s = m.cpuhp.slot_mut(slot).ok_or(HotplugError::NoSuchSlot)?;
+        let s = m.cpuhp.slot_mut(selector).ok_or(HotplugError::NoSuchSlot)?;
         s.inserting = ev.insert;
         s.removing = ev.remove;
         s.fw_remove = ev.fw_remove;

@@ -6,8 +6,11 @@
 //! is set; with bit 31 clear, or for a function nobody implements, reads return all-ones and
 //! writes are dropped.
 
+/// I/O port of CONFIG_ADDRESS, the address latch.
 pub const CONFIG_ADDRESS: u16 = 0xCF8;
+/// I/O port of CONFIG_DATA (0xCFC-0xCFF), the data window.
 pub const CONFIG_DATA: u16 = 0xCFC;
+/// Bytes of conventional config space per function.
 pub const CONFIG_SPACE_SIZE: usize = 256;
 
 /// End of the standard type-0 header; QEMU makes everything above it writable by default.
@@ -77,6 +80,7 @@ impl ConfigSpace {
         }
     }
 
+    /// The byte at `offset`.
     pub fn byte(&self, offset: usize) -> u8 {
         self.config[offset]
     }
@@ -86,26 +90,32 @@ impl ConfigSpace {
         self.config[offset] = value;
     }
 
+    /// Raw little-endian store of a word, bypassing the write mask.
     pub fn set_word(&mut self, offset: usize, value: u16) {
         self.config[offset..offset + 2].copy_from_slice(&value.to_le_bytes());
     }
 
+    /// Raw little-endian store of a dword, bypassing the write mask.
     pub fn set_long(&mut self, offset: usize, value: u32) {
         self.config[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
     }
 
+    /// The write mask of the byte at `offset` (1 bits are guest-writable).
     pub fn wmask(&self, offset: usize) -> u8 {
         self.wmask[offset]
     }
 
+    /// Set the write mask of the byte at `offset`.
     pub fn set_wmask(&mut self, offset: usize, mask: u8) {
         self.wmask[offset] = mask;
     }
 
+    /// Set the write masks of the word at `offset` (little-endian).
     pub fn set_wmask_word(&mut self, offset: usize, mask: u16) {
         self.wmask[offset..offset + 2].copy_from_slice(&mask.to_le_bytes());
     }
 
+    /// Set the write masks of the dword at `offset` (little-endian).
     pub fn set_wmask_long(&mut self, offset: usize, mask: u32) {
         self.wmask[offset..offset + 4].copy_from_slice(&mask.to_le_bytes());
     }
@@ -114,9 +124,13 @@ impl ConfigSpace {
 /// Bus/device/function plus register offset of one data-port access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfigTarget {
+    /// Bus number (CONFIG_ADDRESS bits 23:16).
     pub bus: u8,
+    /// Device number (bits 15:11).
     pub dev: u8,
+    /// Function number (bits 10:8).
     pub func: u8,
+    /// Register offset: bits 7:2 of the latch plus the data port's byte lane.
     pub reg: usize,
 }
 
@@ -127,6 +141,7 @@ pub struct PciHost {
 }
 
 impl PciHost {
+    /// The latched CONFIG_ADDRESS value.
     pub fn address(&self) -> u32 {
         self.address
     }

@@ -5,27 +5,41 @@
 //! sizes on some of them; the firmware uses the natural ones). Offsets inside the block
 //! that hold no register read all-ones, like unassigned ports.
 
+/// Bytes of I/O space the block decodes at PMBASE.
 pub const LEN: u16 = 0x80;
 
+/// Offset of PM1_STS (word, write 1 to clear).
 pub const PM1_STS: u16 = 0x00;
+/// Offset of PM1_EN (word).
 pub const PM1_EN: u16 = 0x02;
+/// Offset of PM1_CNT (dword).
 pub const PM1_CNT: u16 = 0x04;
+/// Offset of PM_TMR (dword, read-only): the 24-bit 3.579545 MHz PM timer.
 pub const PM_TMR: u16 = 0x08;
+/// Offset of GPE0_STS (8 bytes, write 1 to clear).
 pub const GPE0_STS: u16 = 0x20;
+/// Offset of GPE0_EN (8 bytes).
 pub const GPE0_EN: u16 = 0x28;
+/// Bytes in each half of GPE0 (STS, EN).
 pub const GPE0_HALF_LEN: u16 = 8;
+/// Offset of SMI_EN (dword).
 pub const SMI_EN: u16 = 0x30;
+/// Offset of SMI_STS (dword, read-only here).
 pub const SMI_STS: u16 = 0x34;
 
+/// PM1_CNT bit 0 (SCI_EN): ACPI events raise SCIs instead of SMIs.
 pub const PM1_CNT_SCI_EN: u32 = 1 << 0;
-/// SLP_EN is write-only (it triggers the sleep transition) and always reads 0.
+/// PM1_CNT bit 13 (SLP_EN): write-only (it triggers the sleep transition), always reads 0.
 pub const PM1_CNT_SLP_EN: u32 = 1 << 13;
+/// SMI_EN bit 5 (APMC_EN): APM_CNT writes raise an SMI.
 pub const SMI_EN_APMC_EN: u32 = 1 << 5;
 /// GPE0 bit 2: CPU hotplug (`\_GPE._E02`).
 pub const GPE0_CPU_HOTPLUG: u8 = 1 << 2;
 
+/// The PM timer's 24 valid bits.
 pub const PM_TIMER_MASK: u32 = 0x00FF_FFFF;
 
+/// The PM I/O block's registers.
 pub struct PmIo {
     pm1_sts: u16,
     pm1_en: u16,
@@ -48,6 +62,7 @@ fn set_byte(v: &mut u32, i: u16, b: u8) {
 }
 
 impl PmIo {
+    /// Every register 0, timer at 0 advancing 1 tick per PM_TMR read.
     pub fn new() -> Self {
         Self {
             pm1_sts: 0,
@@ -82,6 +97,7 @@ impl PmIo {
         })
     }
 
+    /// Write of `size` bytes at `off` inside the block, byte by byte.
     pub fn write(&mut self, off: u16, value: u32, size: u8) {
         for i in 0..u16::from(size) {
             self.write_byte(off + i, get_byte(value, i));
@@ -125,6 +141,7 @@ impl PmIo {
         }
     }
 
+    /// Current PM1_CNT.
     pub fn pm1_cnt(&self) -> u32 {
         self.pm1_cnt
     }
@@ -138,14 +155,17 @@ impl PmIo {
         }
     }
 
+    /// Current SMI_EN.
     pub fn smi_en(&self) -> u32 {
         self.smi_en
     }
 
+    /// First byte of GPE0_STS.
     pub fn gpe0_sts(&self) -> u8 {
         self.gpe0_sts[0]
     }
 
+    /// First byte of GPE0_EN.
     pub fn gpe0_en(&self) -> u8 {
         self.gpe0_en[0]
     }
@@ -155,10 +175,12 @@ impl PmIo {
         self.gpe0_sts[0] |= bits;
     }
 
+    /// Current 24-bit timer value.
     pub fn timer(&self) -> u32 {
         self.timer & PM_TIMER_MASK
     }
 
+    /// Move the timer forward by `ticks`, wrapping at 24 bits.
     pub fn advance_timer(&mut self, ticks: u32) {
         self.timer = self.timer.wrapping_add(ticks) & PM_TIMER_MASK;
     }

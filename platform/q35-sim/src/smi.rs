@@ -1,18 +1,26 @@
 //! SMI feature negotiation state (QEMU keeps it in ICH9-LPC): the host's supported mask,
-//! the negotiated set and the features-ok verdict (spec 3.4).
+//! the negotiated set and the features-ok verdict (see
+//! `docs/protocol.md#smi-feature-negotiation`).
 //!
 //! The guest-visible bytes live in the fw_cfg files `etc/smi/requested-features` and
 //! `etc/smi/features-ok`; [`crate::fw_cfg`] calls [`SmiNegotiation::features_ok_selected`]
 //! when `features-ok` is selected, exactly like QEMU's `smi_features_ok_callback`.
 
+/// Feature bit 0 (`ICH9_LPC_SMI_F_BROADCAST_BIT`): APMC SMIs go to every CPU.
 pub const BROADCAST: u64 = 1 << 0;
+/// Feature bit 1 (`ICH9_LPC_SMI_F_CPU_HOTPLUG_BIT`): CPU hot-add allowed with SMM.
 pub const CPU_HOTPLUG: u64 = 1 << 1;
+/// Feature bit 2 (`ICH9_LPC_SMI_F_CPU_HOT_UNPLUG_BIT`): CPU hot-unplug allowed with SMM.
 pub const CPU_HOT_UNPLUG: u64 = 1 << 2;
 
+/// fw_cfg file with the supported mask (u64 little-endian, read-only).
 pub const FILE_SUPPORTED: &str = "etc/smi/supported-features";
+/// fw_cfg file the guest writes its request to (u64 little-endian).
 pub const FILE_REQUESTED: &str = "etc/smi/requested-features";
+/// fw_cfg file whose selection validates the request; reads 1 once negotiation locked.
 pub const FILE_FEATURES_OK: &str = "etc/smi/features-ok";
 
+/// QEMU's negotiation state, reset by a platform reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SmiNegotiation {
     supported: u64,
@@ -20,7 +28,7 @@ pub struct SmiNegotiation {
     ok: bool,
 }
 
-/// Why QEMU leaves features-ok at 0 for a requested mask (spec 3.4 step 5).
+/// Why QEMU leaves features-ok at 0 for a requested mask (`smi_features_ok_callback`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
     /// Bits outside the supported mask.
@@ -47,6 +55,7 @@ pub fn validate(requested: u64, supported: u64) -> Result<(), Rejection> {
 }
 
 impl SmiNegotiation {
+    /// Open negotiation with `supported` on offer.
     pub fn new(supported: u64) -> Self {
         Self {
             supported,
@@ -75,14 +84,17 @@ impl SmiNegotiation {
         u8::from(self.ok)
     }
 
+    /// The supported mask.
     pub fn supported(&self) -> u64 {
         self.supported
     }
 
+    /// The accepted request (0 until features-ok read 1).
     pub fn negotiated(&self) -> u64 {
         self.negotiated
     }
 
+    /// Whether features-ok read 1: the request is locked until platform reset.
     pub fn is_locked(&self) -> bool {
         self.ok
     }

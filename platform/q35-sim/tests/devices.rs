@@ -183,8 +183,8 @@ fn ost_event_and_status_are_recorded_through_command_data() {
     sim.outl(BASE + OFF_DATA, 0x103);
     sim.outb(BASE + OFF_COMMAND, CMD_OST_STATUS);
     sim.outl(BASE + OFF_DATA, 0x80);
-    let slot = sim.cpu_slot(1).unwrap();
-    assert_eq!((slot.ost_event, slot.ost_status), (0x103, 0x80));
+    let cpu = sim.cpu_slot(1).unwrap();
+    assert_eq!((cpu.ost_event, cpu.ost_status), (0x103, 0x80));
     assert_eq!(
         sim.inl(BASE + OFF_DATA),
         0,

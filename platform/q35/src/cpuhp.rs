@@ -1,4 +1,9 @@
-//! QEMU's CPU hotplug register block at I/O 0x0CD8 (spec section 4).
+//! QEMU's CPU hotplug register block at I/O 0x0CD8, in its modern (12-byte) form (QEMU
+//! `hw/acpi/cpu.c`; see `docs/protocol.md#the-cpu-hotplug-register-block`).
+//!
+//! The block shows one possible CPU at a time: the *selector* (written at offset 0) is the
+//! CPU's index in QEMU's list of possible CPUs, and the status, control, command and data
+//! registers all refer to the selected CPU.
 //!
 //! Every value read here is untrusted at runtime: the OS can move the selector and the
 //! command from CPUs outside SMM at any moment, so every loop is bounded by the number of
@@ -6,51 +11,83 @@
 
 use crate::io::PortIo;
 
+/// I/O port of the block's first byte (QEMU `ICH9_CPU_HOTPLUG_IO_BASE`).
 pub const BASE: u16 = 0x0CD8;
+/// Offset of the selector (dword, write): selects the CPU every other register refers to.
 pub const OFF_SELECTOR: u16 = 0x0;
+/// Offset of "Command data 2" (dword, read; shares offset 0 with the selector): the high
+/// 32 bits of the arch ID after command 3, 0 after any other command.
 pub const OFF_DATA2: u16 = 0x0;
+/// Offset of the status byte on read and the control byte on write (QEMU's "flags").
 pub const OFF_STATUS: u16 = 0x4;
+/// Offset of the command byte (write): which value "Command data" and "Command data 2"
+/// return (`CMD_*`).
 pub const OFF_COMMAND: u16 = 0x5;
+/// Offset of "Command data" (dword, read): the selector after command 0, the low 32 bits
+/// of the arch ID after command 3.
 pub const OFF_DATA: u16 = 0x8;
 
+/// Status bit 0: the selected CPU exists (QEMU "CPU device is enabled").
 pub const STS_ENABLED: u8 = 1 << 0;
+/// Status bit 1: insert event pending for the selected CPU (set by `device_add`).
 pub const STS_INSERT: u8 = 1 << 1;
+/// Status bit 2: remove event pending for the selected CPU (set by `device_del`).
 pub const STS_REMOVE: u8 = 1 << 2;
+/// Status bit 4: the OS marked the selected CPU for ejection by firmware (QEMU
+/// "fw_remove").
 pub const STS_FW_REMOVE: u8 = 1 << 4;
 
+/// Control bit 1: clear the selected CPU's insert event.
 pub const CTL_CLEAR_INSERT: u8 = 1 << 1;
+/// Control bit 2: clear the selected CPU's remove event.
 pub const CTL_CLEAR_REMOVE: u8 = 1 << 2;
+/// Control bit 3: eject (unplug) the selected CPU now.
 pub const CTL_EJECT: u8 = 1 << 3;
+/// Control bit 4: mark the selected CPU for ejection by firmware (sets [`STS_FW_REMOVE`]).
 pub const CTL_SET_FW_REMOVE: u8 = 1 << 4;
 
+/// Command 0 (QEMU `CPHP_GET_NEXT_CPU_WITH_EVENT_CMD`): writing it moves the selector to
+/// the next CPU with a pending event, from the current selector on and wrapping around; it
+/// stays put when no CPU has one. "Command data" then reads the selector.
 pub const CMD_GET_NEXT_EVENT: u8 = 0;
+/// Command 3 (QEMU `CPHP_GET_CPU_ID_CMD`): "Command data" / "Command data 2" read the low /
+/// high 32 bits of the selected CPU's arch (APIC) ID.
 pub const CMD_GET_ARCH_ID: u8 = 3;
 
 /// Most possible CPUs this project tracks (QEMU's AML handles 255 per batch).
 pub const MAX_POSSIBLE: usize = 256;
 
+/// Why the boot-time switch or count of the register block failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuHpError {
-    /// Offset 0 did not read 0 after the switch: legacy-only or absent (spec 4.2).
+    /// Offset 0 did not read 0 after the switch: the machine has only the legacy bitmap
+    /// (QEMU < 2.7: the present bits of APIC IDs 0-31 read back) or no block at all (the
+    /// ports read all-ones).
     NoModernInterface,
-    /// The scan found no present CPU (the TCG legacy→modern switch bug, spec 4.2).
+    /// The scan found no present CPU. Upstream QEMU 5.1-7.2 under TCG accepts only byte
+    /// accesses to the legacy block, so the dword write that switches to the modern
+    /// interface is dropped, wider reads return 0, and the status reads come from the
+    /// legacy bitmap.
     NonePresent,
-    /// More slots than this firmware can track.
+    /// More possible CPUs than [`MAX_POSSIBLE`].
     TooManyPossible,
 }
 
-/// Result of the boot-time count (spec 4.3).
+/// Result of the boot-time count: every possible CPU in selector order.
 #[derive(Clone, Copy)]
 pub struct CpuTopology {
+    /// Number of CPUs whose status read [`STS_ENABLED`].
     pub present: u32,
+    /// Number of possible CPUs (valid selectors are `0..possible`).
     pub possible: u32,
-    /// Arch (APIC) ID of every selector slot, `u32::MAX` where the high dword was not 0.
+    /// Arch (APIC) ID per selector, `u32::MAX` where the high dword was not 0.
     pub apic_ids: [u32; MAX_POSSIBLE],
-    /// Present bit per selector slot.
+    /// [`STS_ENABLED`] per selector.
     pub present_mask: [bool; MAX_POSSIBLE],
 }
 
 impl CpuTopology {
+    /// No CPUs: the state before a count.
     pub const EMPTY: CpuTopology = CpuTopology {
         present: 0,
         possible: 0,
@@ -58,6 +95,8 @@ impl CpuTopology {
         present_mask: [false; MAX_POSSIBLE],
     };
 
+    /// The APIC ID of the CPU at `selector`, or `None` when `selector` is not a possible
+    /// CPU. `Some(u32::MAX)` means its arch ID did not fit 32 bits.
     pub fn apic_id(&self, selector: u32) -> Option<u32> {
         if selector >= self.possible {
             return None;
@@ -84,44 +123,55 @@ impl CpuTopology {
     }
 }
 
+/// Driver for the modern register block on one set of ports. Callers must not interleave
+/// accesses from several CPUs (the selector and command are shared state).
 pub struct CpuHp<'a, P: PortIo> {
     ports: &'a P,
 }
 
 impl<'a, P: PortIo> CpuHp<'a, P> {
+    /// A driver on `ports`; touches no register.
     pub fn new(ports: &'a P) -> Self {
         Self { ports }
     }
 
+    /// Write the selector: every other register now refers to CPU `selector`.
     pub fn select(&self, selector: u32) {
         self.ports.outl(BASE + OFF_SELECTOR, selector);
     }
 
+    /// Write the command byte (`CMD_*`). Command 0 also moves the selector to the next CPU
+    /// with an event (see [`CMD_GET_NEXT_EVENT`]).
     pub fn command(&self, cmd: u8) {
         self.ports.outb(BASE + OFF_COMMAND, cmd);
     }
 
+    /// Read the selected CPU's status byte (`STS_*`).
     pub fn status(&self) -> u8 {
         self.ports.inb(BASE + OFF_STATUS)
     }
 
+    /// Write the selected CPU's control byte (`CTL_*`).
     pub fn control(&self, bits: u8) {
         self.ports.outb(BASE + OFF_STATUS, bits);
     }
 
+    /// Read "Command data": the selector after command 0, the arch ID's low dword after
+    /// command 3.
     pub fn data(&self) -> u32 {
         self.ports.inl(BASE + OFF_DATA)
     }
 
+    /// Read "Command data 2": the arch ID's high dword after command 3, else 0.
     pub fn data2(&self) -> u32 {
         self.ports.inl(BASE + OFF_DATA2)
     }
 
-    /// The selected slot's arch ID, or `None` if its high dword is not zero.
+    /// The selected CPU's arch ID, or `None` if its high dword is not zero.
     ///
     /// Leaves command 0 behind, and writing command 0 re-runs the event scan: if the
-    /// selected slot has no pending event the selector may move to the next slot that has
-    /// one. Select the slot again before touching it after this call.
+    /// selected CPU has no pending event the selector may move to the next CPU that has
+    /// one. Write the selector again before touching the CPU after this call.
     pub fn arch_id(&self) -> Option<u32> {
         self.command(CMD_GET_ARCH_ID);
         let lo = self.data();
@@ -134,7 +184,9 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
         }
     }
 
-    /// Switch from the legacy bitmap to the modern interface and verify it (spec 4.2).
+    /// Switch from the legacy bitmap to the modern interface and verify it: writing 0 to
+    /// offset 0 of the legacy block switches QEMU (>= 2.7) for good, after which offset 0
+    /// reads "Command data 2", which is 0 after command 0.
     pub fn switch_to_modern(&self) -> Result<(), CpuHpError> {
         self.select(0);
         self.select(0);
@@ -145,8 +197,10 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
         Ok(())
     }
 
-    /// Count present and possible CPUs and record each slot's APIC ID (spec 4.3).
-    /// Requires [`Self::switch_to_modern`] first.
+    /// Count present and possible CPUs and record each one's APIC ID, walking the
+    /// selector up from 0 until "Command data" no longer reads back the selector (QEMU
+    /// reads 0 for a selector past the last possible CPU). Requires
+    /// [`Self::switch_to_modern`] first.
     pub fn count(&self) -> Result<CpuTopology, CpuHpError> {
         let mut topo = CpuTopology::EMPTY;
         self.count_into(&mut topo)?;
@@ -159,8 +213,8 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
         *topo = CpuTopology::EMPTY;
         self.select(0);
         self.command(CMD_GET_NEXT_EVENT);
-        // Command 0 scans for the next slot with an event and may move the selector there;
-        // select slot 0 again (the command stays 0, so Command data reads the selector).
+        // Command 0 scans for the next CPU with an event and may move the selector there;
+        // select CPU 0 again (the command stays 0, so Command data reads the selector).
         self.select(0);
         loop {
             let idx = topo.possible as usize;
@@ -168,17 +222,17 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
                 return Err(CpuHpError::TooManyPossible);
             }
             let enabled = self.status() & STS_ENABLED != 0;
-            if let Some(slot) = topo.present_mask.get_mut(idx) {
-                *slot = enabled;
+            if let Some(present) = topo.present_mask.get_mut(idx) {
+                *present = enabled;
             }
             if enabled {
                 topo.present += 1;
             }
-            if let (Some(slot), Some(id)) = (topo.apic_ids.get_mut(idx), self.arch_id()) {
-                *slot = id;
+            if let (Some(entry), Some(id)) = (topo.apic_ids.get_mut(idx), self.arch_id()) {
+                *entry = id;
             }
             topo.possible += 1;
-            // Selecting a slot that does not exist makes Command data read 0.
+            // Selecting a CPU that does not exist makes Command data read 0.
             self.select(topo.possible);
             if self.data() != topo.possible {
                 break;

@@ -1,50 +1,75 @@
 //! QEMU fw_cfg: detection, the file directory, DMA reads and writes, and the SMI
-//! feature negotiation (spec sections 3.1-3.6).
+//! feature negotiation (QEMU `docs/specs/fw_cfg.rst`; the negotiation is described in
+//! `docs/protocol.md#smi-feature-negotiation`).
 //!
 //! Addresses handed to DMA are taken as physical addresses: firmware runs identity
 //! mapped, and the simulator interprets them as host pointers.
 
 use crate::io::PortIo;
 
+/// Selector port (16-bit write): selects an item by key and rewinds its data offset.
 pub const PORT_SELECTOR: u16 = 0x510;
+/// Data port (8-bit read): the next byte of the selected item.
 pub const PORT_DATA: u16 = 0x511;
+/// DMA address port, high dword (big-endian; written first).
 pub const PORT_DMA_HIGH: u16 = 0x514;
+/// DMA address port, low dword (big-endian); writing it runs the transfer.
 pub const PORT_DMA_LOW: u16 = 0x518;
 
+/// Key `FW_CFG_SIGNATURE`: reads "QEMU".
 pub const KEY_SIGNATURE: u16 = 0x0000;
+/// Key `FW_CFG_ID`: feature bitmap (u32, little-endian); see [`ID_DMA`].
 pub const KEY_ID: u16 = 0x0001;
+/// Key `FW_CFG_NB_CPUS`: CPUs present now (u16, little-endian); grows with hot-adds.
 pub const KEY_NB_CPUS: u16 = 0x0005;
+/// Key `FW_CFG_MAX_CPUS` (u16, little-endian): on x86 QEMU's `apic_id_limit`, the largest
+/// possible APIC ID + 1 (not the number of possible CPUs when APIC IDs have holes).
 pub const KEY_MAX_CPUS: u16 = 0x000F;
+/// Key `FW_CFG_FILE_DIR`: the file directory (big-endian count, then 64-byte entries).
 pub const KEY_FILE_DIR: u16 = 0x0019;
 
-/// `KEY_ID` bit 1: the DMA interface exists.
+/// [`KEY_ID`] bit 1: the DMA interface exists.
 pub const ID_DMA: u32 = 1 << 1;
 
-pub const DMA_CTL_ERROR: u32 = 0x01;
+/// DMA control bit 1: read `length` bytes of the item into `address`.
 pub const DMA_CTL_READ: u32 = 0x02;
-pub const DMA_CTL_SKIP: u32 = 0x04;
+/// DMA control bit 3: select the item whose key is in bits 31:16 first.
 pub const DMA_CTL_SELECT: u32 = 0x08;
+/// DMA control bit 4: write `length` bytes from `address` into the item.
 pub const DMA_CTL_WRITE: u32 = 0x10;
 
-/// SMI feature bits (`etc/smi/*-features`).
+/// SMI feature bit 0 (`ICH9_LPC_SMI_F_BROADCAST_BIT`): an APMC write raises the SMI on
+/// every CPU instead of only the writer.
 pub const SMI_FEATURE_BROADCAST: u64 = 1 << 0;
+/// SMI feature bit 1 (`ICH9_LPC_SMI_F_CPU_HOTPLUG_BIT`): QEMU allows CPU hot-add with SMM;
+/// needs [`SMI_FEATURE_BROADCAST`].
 pub const SMI_FEATURE_CPU_HOTPLUG: u64 = 1 << 1;
+/// SMI feature bit 2 (`ICH9_LPC_SMI_F_CPU_HOT_UNPLUG_BIT`): QEMU allows CPU hot-unplug
+/// with SMM; needs [`SMI_FEATURE_CPU_HOTPLUG`].
 pub const SMI_FEATURE_CPU_HOT_UNPLUG: u64 = 1 << 2;
 
+/// fw_cfg file with the SMI features QEMU supports (u64, little-endian, read-only).
 pub const FILE_SMI_SUPPORTED: &str = "etc/smi/supported-features";
+/// fw_cfg file the firmware writes the SMI features it requests to (u64, little-endian).
 pub const FILE_SMI_REQUESTED: &str = "etc/smi/requested-features";
+/// fw_cfg file whose selection validates the request: reads 1 when QEMU accepted it and
+/// locked it until the next platform reset, else 0.
 pub const FILE_SMI_FEATURES_OK: &str = "etc/smi/features-ok";
 
-/// Longest file name fw_cfg allows (56 bytes, NUL padded).
+/// Size of the name field of a directory entry: names are NUL padded, so at most 55
+/// bytes long.
 pub const FILE_NAME_LEN: usize = 56;
 
 /// One entry of the fw_cfg file directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FwCfgFile {
+    /// The selector key QEMU assigned to the file on this command line.
     pub key: u16,
+    /// The file's size in bytes.
     pub size: u32,
 }
 
+/// Why an fw_cfg access failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FwCfgError {
     /// The signature key did not read "QEMU".
@@ -65,6 +90,8 @@ struct DmaAccess {
     address: u64,
 }
 
+/// The fw_cfg device on one set of ports. Callers must not interleave accesses from
+/// several CPUs (the selection and data offset are shared state).
 pub struct FwCfg<'a, P: PortIo> {
     ports: &'a P,
     dma: bool,
@@ -83,6 +110,7 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
         Ok(cfg)
     }
 
+    /// Whether [`KEY_ID`] advertised the DMA interface.
     pub fn has_dma(&self) -> bool {
         self.dma
     }
@@ -99,24 +127,27 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
         }
     }
 
+    /// Select `key` and read its first `buf.len()` bytes through the data port.
     pub fn read_key(&self, key: u16, buf: &mut [u8]) {
         self.select(key);
         self.read_data(buf);
     }
 
+    /// Select `key` and read its first 4 bytes as a little-endian u32.
     pub fn read_key_u32(&self, key: u16) -> u32 {
         let mut b = [0u8; 4];
         self.read_key(key, &mut b);
         u32::from_le_bytes(b)
     }
 
+    /// Select `key` and read its first 2 bytes as a little-endian u16.
     pub fn read_key_u16(&self, key: u16) -> u16 {
         let mut b = [0u8; 2];
         self.read_key(key, &mut b);
         u16::from_le_bytes(b)
     }
 
-    /// Look a file up by name in the directory (key 0x19). Keys are not stable
+    /// Look a file up by name in the directory ([`KEY_FILE_DIR`]). Keys are not stable
     /// across command lines, so files are always found by name.
     pub fn find_file(&self, name: &str) -> Option<FwCfgFile> {
         let want = name.as_bytes();
@@ -165,6 +196,8 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
         // SAFETY: `desc` is a live local; QEMU wrote it behind the compiler's back, so read
         // it volatile.
         let ctl = u32::from_be(unsafe { core::ptr::read_volatile(&desc.control) });
+        // QEMU clears the control word when the transfer succeeded and leaves the ERROR
+        // bit (bit 0) set when it failed.
         if ctl != 0 {
             return Err(FwCfgError::DmaError);
         }
@@ -208,15 +241,21 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
     }
 }
 
-/// Outcome of SMI feature negotiation.
+/// Outcome of SMI feature negotiation that did not fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Negotiation {
     /// QEMU predates negotiation (< 2.9): the files do not exist.
     Unsupported,
-    /// features-ok read 1: `granted` is now locked in until the next platform reset.
-    Granted { supported: u64, requested: u64 },
+    /// features-ok read 1: `requested` is now locked in until the next platform reset.
+    Granted {
+        /// What `etc/smi/supported-features` offered.
+        supported: u64,
+        /// What was requested and granted (`supported & wanted`).
+        requested: u64,
+    },
 }
 
+/// Why SMI feature negotiation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NegotiationError {
     /// The three files exist but not with sizes 8/8/1.
@@ -226,11 +265,18 @@ pub enum NegotiationError {
     /// Reading supported-features failed.
     Read(FwCfgError),
     /// QEMU answered features-ok = 0 for this request (negotiation stays open).
-    Refused { supported: u64, requested: u64 },
+    Refused {
+        /// What `etc/smi/supported-features` offered.
+        supported: u64,
+        /// What was requested (`supported & wanted`) and refused.
+        requested: u64,
+    },
 }
 
-/// Negotiate `supported & wanted` (spec 3.4). Negotiation must finish before the first
-/// selection of any ACPI fw_cfg blob and before untrusted code runs.
+/// Negotiate `supported & wanted`: read supported-features, write the request to
+/// requested-features, then select features-ok, which makes QEMU validate and lock it
+/// (see `docs/protocol.md#smi-feature-negotiation`). Negotiation must finish before the
+/// first selection of any ACPI fw_cfg blob and before untrusted code runs.
 pub fn negotiate_smi_features<P: PortIo>(
     cfg: &FwCfg<'_, P>,
     wanted: u64,

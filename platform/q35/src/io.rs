@@ -2,11 +2,17 @@
 
 /// Byte/word/dword port access. Implementations must be callable from any CPU.
 pub trait PortIo {
+    /// Read a byte from `port` (`in al, dx`).
     fn inb(&self, port: u16) -> u8;
+    /// Read a word from `port` (`in ax, dx`).
     fn inw(&self, port: u16) -> u16;
+    /// Read a dword from `port` (`in eax, dx`).
     fn inl(&self, port: u16) -> u32;
+    /// Write a byte to `port` (`out dx, al`).
     fn outb(&self, port: u16, value: u8);
+    /// Write a word to `port` (`out dx, ax`).
     fn outw(&self, port: u16, value: u16);
+    /// Write a dword to `port` (`out dx, eax`).
     fn outl(&self, port: u16, value: u32);
 }
 

@@ -2,24 +2,36 @@
 
 use x86_64::registers::model_specific::Msr;
 
+/// MSR IA32_APIC_BASE: the APIC's mode bits and MMIO base (bits 51:12).
 pub const MSR_APIC_BASE: u32 = 0x1B;
-pub const APIC_BASE_BSP: u64 = 1 << 8;
+/// IA32_APIC_BASE bit 10 (EXTD): x2APIC mode, registers are MSRs.
 pub const APIC_BASE_X2APIC: u64 = 1 << 10;
+/// IA32_APIC_BASE bit 11 (EN): the local APIC is globally enabled.
 pub const APIC_BASE_ENABLE: u64 = 1 << 11;
+/// Physical address of the xAPIC register page after reset.
 pub const XAPIC_DEFAULT_BASE: u64 = 0xFEE0_0000;
 const MSR_X2APIC_ICR: u32 = 0x830;
-const XAPIC_ICR_LOW: u64 = 0x300;
-const XAPIC_ICR_HIGH: u64 = 0x310;
+/// xAPIC Interrupt Command Register, low dword (offset from the APIC base): writing it
+/// sends the IPI.
+pub const XAPIC_ICR_LOW: u64 = 0x300;
+/// xAPIC Interrupt Command Register, high dword: destination APIC ID in bits 31:24.
+pub const XAPIC_ICR_HIGH: u64 = 0x310;
 const XAPIC_SVR: u64 = 0xF0;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 
-/// ICR low words (physical destination, level assert).
+/// ICR low word for an SMI IPI: delivery mode 010 (SMI, bits 10:8), level assert (bit
+/// 14), physical destination, no shorthand.
 pub const ICR_SMI: u32 = 0x0000_4200;
+/// ICR low word for an INIT IPI: delivery mode 101 (INIT), level assert, physical
+/// destination, no shorthand.
 pub const ICR_INIT: u32 = 0x0000_4500;
+/// ICR low word for a STARTUP IPI (SIPI): delivery mode 110, level assert, physical
+/// destination; OR in the start page number (start address / 4 KiB) as the vector.
 pub const ICR_STARTUP: u32 = 0x0000_4600;
-/// Destination shorthand "self".
+/// ICR low destination shorthand "self" (bits 19:18 = 01): the IPI goes to the sender.
 pub const ICR_SELF: u32 = 1 << 18;
 
+/// Why [`send_ipi`] did not send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IpiError {
     /// The APIC is disabled in IA32_APIC_BASE.
@@ -35,10 +47,6 @@ pub enum IpiError {
 fn apic_base() -> u64 {
     // SAFETY: IA32_APIC_BASE exists on every CPU QEMU models; reading it has no effect.
     unsafe { Msr::new(MSR_APIC_BASE).read() }
-}
-
-pub fn is_bsp() -> bool {
-    apic_base() & APIC_BASE_BSP != 0
 }
 
 /// The initial APIC ID from CPUID (leaf 0xB when it exists, else leaf 1), which the OS
@@ -66,7 +74,8 @@ fn mmio_write(off: u64, v: u32) {
     unsafe { core::ptr::write_volatile((XAPIC_DEFAULT_BASE + off) as *mut u32, v) }
 }
 
-/// Software-enable the local APIC (SVR bit 8) so it accepts and sends IPIs.
+/// Software-enable the local APIC (SVR bit 8, spurious vector 0xFF) so it accepts and
+/// sends IPIs. Does nothing in x2APIC mode.
 pub fn enable() {
     let base = apic_base();
     if base & APIC_BASE_X2APIC != 0 {
@@ -85,8 +94,9 @@ fn wait_idle(spins: u32) -> bool {
     false
 }
 
-/// Send `icr_low` to `dest` (ignored for shorthand "self"). Bounded: gives up with
-/// `Busy` rather than spinning forever on a stuck ICR.
+/// Send `icr_low` to APIC ID `dest` (which the APIC ignores when `icr_low` carries a
+/// destination shorthand in bits 19:18). Bounded: gives up with `Busy` rather than
+/// spinning forever on a stuck ICR.
 pub fn send_ipi(dest: u32, icr_low: u32) -> Result<(), IpiError> {
     let base = apic_base();
     if base & APIC_BASE_ENABLE == 0 {

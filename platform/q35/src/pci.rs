@@ -8,8 +8,11 @@ const CONFIG_DATA: u16 = 0xCFC;
 /// Bus/device/function of a PCI function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bdf {
+    /// Bus number.
     pub bus: u8,
+    /// Device number (0-31).
     pub dev: u8,
+    /// Function number (0-7).
     pub func: u8,
 }
 
@@ -45,35 +48,42 @@ pub struct PciConfig<'a, P: PortIo> {
 }
 
 impl<'a, P: PortIo> PciConfig<'a, P> {
+    /// Config access on `ports`; touches no register.
     pub fn new(ports: &'a P) -> Self {
         Self { ports }
     }
 
+    /// Read the dword at `offset` (rounded down to a multiple of 4).
     pub fn read32(&self, bdf: Bdf, offset: u8) -> u32 {
         self.ports.outl(CONFIG_ADDRESS, bdf.address(offset));
         self.ports.inl(CONFIG_DATA)
     }
 
+    /// Read the word at `offset` (rounded down to a multiple of 2).
     pub fn read16(&self, bdf: Bdf, offset: u8) -> u16 {
         self.ports.outl(CONFIG_ADDRESS, bdf.address(offset));
         self.ports.inw(CONFIG_DATA + u16::from(offset & 2))
     }
 
+    /// Read the byte at `offset`.
     pub fn read8(&self, bdf: Bdf, offset: u8) -> u8 {
         self.ports.outl(CONFIG_ADDRESS, bdf.address(offset));
         self.ports.inb(CONFIG_DATA + u16::from(offset & 3))
     }
 
+    /// Write the dword at `offset` (rounded down to a multiple of 4).
     pub fn write32(&self, bdf: Bdf, offset: u8, value: u32) {
         self.ports.outl(CONFIG_ADDRESS, bdf.address(offset));
         self.ports.outl(CONFIG_DATA, value);
     }
 
+    /// Write the word at `offset` (rounded down to a multiple of 2).
     pub fn write16(&self, bdf: Bdf, offset: u8, value: u16) {
         self.ports.outl(CONFIG_ADDRESS, bdf.address(offset));
         self.ports.outw(CONFIG_DATA + u16::from(offset & 2), value);
     }
 
+    /// Write the byte at `offset`.
     pub fn write8(&self, bdf: Bdf, offset: u8, value: u8) {
         self.ports.outl(CONFIG_ADDRESS, bdf.address(offset));
         self.ports.outb(CONFIG_DATA + u16::from(offset & 3), value);

@@ -2,19 +2,23 @@
 
 use crate::io::PortIo;
 
+/// I/O base of COM1, the UART QEMU's `-serial` option connects first.
 pub const COM1: u16 = 0x3F8;
 
+/// A 16550 UART at one I/O base.
 pub struct Serial<'a, P: PortIo> {
     ports: &'a P,
     base: u16,
 }
 
 impl<'a, P: PortIo> Serial<'a, P> {
+    /// The UART at `base`; touches no register (call [`Self::init`] once per boot).
     pub const fn new(ports: &'a P, base: u16) -> Self {
         Self { ports, base }
     }
 
-    /// 115200 8N1, FIFOs on, interrupts off.
+    /// Program 115200 baud 8N1 (divisor 1), FIFOs on and cleared, interrupts off, DTR
+    /// and RTS set.
     pub fn init(&self) {
         let b = self.base;
         self.ports.outb(b + 1, 0x00);
@@ -26,6 +30,8 @@ impl<'a, P: PortIo> Serial<'a, P> {
         self.ports.outb(b + 4, 0x03);
     }
 
+    /// Send one byte, waiting (bounded) for the transmit holding register to be empty
+    /// (LSR bit 5).
     pub fn write_byte(&self, c: u8) {
         // Bounded wait for the transmit holding register; QEMU's is always ready.
         for _ in 0..100_000 {
@@ -37,6 +43,7 @@ impl<'a, P: PortIo> Serial<'a, P> {
         self.ports.outb(self.base, c);
     }
 
+    /// Send `s`, turning every `\n` into `\r\n`.
     pub fn write_bytes(&self, s: &[u8]) {
         for &c in s {
             if c == b'\n' {

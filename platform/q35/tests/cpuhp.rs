@@ -1,5 +1,6 @@
 //! The CPU hotplug register block: legacy→modern switch, boot-time counting, and the
-//! modern interface the SMM handler and the OS use at runtime (spec section 4).
+//! modern interface the SMM handler and the OS use at runtime (see
+//! `docs/protocol.md#the-cpu-hotplug-register-block`).
 
 use q35::cpuhp::{
     CpuHp, CpuHpError, CpuTopology, BASE, CMD_GET_ARCH_ID, CMD_GET_NEXT_EVENT, CTL_CLEAR_INSERT,
@@ -108,7 +109,7 @@ fn count_marks_an_arch_id_above_32_bits_as_unusable() {
 }
 
 #[test]
-fn count_handles_exactly_max_possible_slots_and_refuses_more() {
+fn count_handles_exactly_max_possible_cpus_and_refuses_more() {
     let ids: Vec<u64> = (0..MAX_POSSIBLE as u64).collect();
     let sim = Q35Sim::builder().cpus(&ids, &[0]).build();
     assert_eq!(boot_count(&sim).unwrap().possible as usize, MAX_POSSIBLE);
@@ -162,9 +163,9 @@ fn count_fails_with_none_present_when_no_cpu_is_present() {
 }
 
 #[test]
-fn count_is_not_misled_by_a_pending_insert_event_on_another_slot() {
+fn count_is_not_misled_by_a_pending_insert_event_on_another_selector() {
     // A CPU hot-added after the switch but before the count has an insert event; command 0
-    // must not move the count's view away from slot 0.
+    // must not move the count's view away from selector 0.
     let sim = Q35Sim::builder().smp(1, 4).build();
     modern(&sim);
     sim.plug_cpu(2).unwrap();
@@ -175,9 +176,10 @@ fn count_is_not_misled_by_a_pending_insert_event_on_another_slot() {
 }
 
 #[test]
-fn count_is_not_misled_by_a_stale_insert_event_on_an_empty_slot() {
-    // Spec 10.3 / 4.5: an insert event can outlive its CPU (reset, eject before the OS
-    // cleared it). The slot reads 0x02: "insert without enabled".
+fn count_is_not_misled_by_a_stale_insert_event_of_an_absent_cpu() {
+    // An insert event can outlive its CPU: QEMU keeps event bits across a platform reset
+    // and an eject before the OS cleared the event. The status reads 0x02: "insert
+    // without enabled".
     let sim = Q35Sim::builder().smp(1, 4).build();
     modern(&sim);
     sim.set_cpu_events(
@@ -256,14 +258,14 @@ fn command_0_scans_from_the_selector_inclusive_and_wraps_around() {
 }
 
 #[test]
-fn command_3_returns_the_arch_id_of_empty_slots_too() {
+fn command_3_returns_the_arch_id_of_absent_cpus_too() {
     let sim = Q35Sim::builder().cpus(&[0, 1, 2, 4, 5, 6], &[0]).build();
     let hp = modern(&sim);
     hp.select(4);
     hp.command(CMD_GET_ARCH_ID);
     assert_eq!(hp.data(), 5);
     assert_eq!(hp.data2(), 0);
-    assert_eq!(hp.status(), 0, "slot 4 is empty");
+    assert_eq!(hp.status(), 0, "CPU 4 is absent");
 }
 
 #[test]
@@ -339,7 +341,7 @@ fn fw_remove_is_set_by_the_os_and_cleared_by_the_eject() {
 }
 
 #[test]
-fn the_first_cpu_and_empty_slots_are_never_ejected_or_marked_for_removal() {
+fn the_first_cpu_and_absent_cpus_are_never_ejected_or_marked_for_removal() {
     let sim = Q35Sim::builder().smp(2, 4).build();
     let hp = modern(&sim);
     for sel in [0, 3] {
@@ -347,7 +349,7 @@ fn the_first_cpu_and_empty_slots_are_never_ejected_or_marked_for_removal() {
         let before = hp.status();
         hp.control(CTL_SET_FW_REMOVE);
         hp.control(CTL_EJECT);
-        assert_eq!(hp.status(), before, "slot {sel}");
+        assert_eq!(hp.status(), before, "selector {sel}");
     }
     assert_eq!(sim.present_cpus(), 2);
 }
@@ -379,7 +381,7 @@ fn unplug_requests_are_refused_for_the_boot_cpu_and_in_legacy_mode() {
 }
 
 #[test]
-fn plugging_an_occupied_or_unknown_slot_is_refused() {
+fn plugging_a_present_or_unknown_cpu_is_refused() {
     let sim = Q35Sim::builder().smp(2, 4).build();
     assert_eq!(sim.plug_cpu(1), Err(HotplugError::AlreadyPresent));
     assert_eq!(sim.plug_cpu(4), Err(HotplugError::NoSuchSlot));

@@ -1,4 +1,4 @@
-//! fw_cfg detection, the file directory, reads and writes (spec 3.1-3.3).
+//! fw_cfg detection, the file directory, reads and writes (see `docs/qemu.md`).
 
 use q35::fw_cfg::{
     FwCfg, FwCfgError, FwCfgFile, FILE_SMI_FEATURES_OK, FILE_SMI_REQUESTED, FILE_SMI_SUPPORTED,
@@ -55,7 +55,8 @@ fn nb_cpus_counts_present_cpus_and_max_cpus_is_the_apic_id_limit() {
     assert_eq!(cfg.read_key_u16(KEY_NB_CPUS), 2);
     assert_eq!(cfg.read_key_u16(KEY_MAX_CPUS), 4);
 
-    // With APIC-ID holes MAX_CPUS is max APIC ID + 1, not the possible count (spec 4.3).
+    // With APIC-ID holes MAX_CPUS is max APIC ID + 1 (QEMU's `apic_id_limit`), not the
+    // possible count.
     let sim = Q35Sim::builder().cpus(&[0, 1, 2, 4, 5, 6], &[0]).build();
     let cfg = FwCfg::detect(&sim).unwrap();
     assert_eq!(cfg.read_key_u16(KEY_NB_CPUS), 1);
@@ -205,7 +206,7 @@ fn write_file_with_a_length_other_than_the_file_size_is_rejected_up_front() {
 #[test]
 fn write_longer_than_the_file_gets_the_dma_error_bit_from_qemu() {
     // Lie about the size so the driver's own check passes and QEMU has to refuse:
-    // 9 bytes into the 8-byte file (spec 3.3).
+    // 9 bytes into the 8-byte file (a DMA write must fit the file exactly).
     let sim = sim_with_files();
     let cfg = FwCfg::detect(&sim).unwrap();
     let f = cfg.find_file("opt/test/scratch").unwrap();

@@ -1,4 +1,5 @@
-//! PCI config access, the MCH SMRAM registers (spec 5.1) and the ICH9 PM block.
+//! PCI config access, the MCH SMRAM registers (SMRAMC, ESMRAMC and 0x9C, see
+//! `docs/protocol.md#the-default-smbase-window`) and the ICH9 PM block.
 
 use q35::ich9;
 use q35::mch::{
@@ -181,7 +182,7 @@ fn smbase_smram_query_fails_on_machine_types_without_the_feature() {
 #[test]
 fn lock_on_a_machine_without_the_feature_reads_back_locked_so_only_the_query_tells() {
     // The register is plain storage there, so the lock value reads back: callers must
-    // decide on the query result (spec 5.1: "query result != 0x01 → absent").
+    // decide on the query result (a query that does not read 0x01 means no window).
     let sim = Q35Sim::builder().without_smbase_smram().build();
     let mch = Mch::new(&sim);
     assert!(mch.lock_default_smbase_smram());

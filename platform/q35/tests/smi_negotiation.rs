@@ -1,5 +1,5 @@
-//! SMI feature negotiation through fw_cfg (spec 3.4-3.6), and what it changes for APMC SMIs
-//! and CPU hotplug.
+//! SMI feature negotiation through fw_cfg (see `docs/protocol.md#smi-feature-negotiation`),
+//! and what it changes for APMC SMIs and CPU hotplug.
 
 use q35::fw_cfg::{
     negotiate_smi_features, read_smi_features, FwCfg, FwCfgError, Negotiation, NegotiationError,
@@ -259,7 +259,8 @@ fn cpu_hotplug_is_refused_after_the_firmware_negotiated_broadcast_only() {
 
 #[test]
 fn cpu_hotplug_is_allowed_when_nothing_was_negotiated() {
-    // Spec 3.5: negotiated == 0 allows hotplug (and there is no SMI upcall).
+    // QEMU refuses hot-add only when BROADCAST was negotiated without CPU_HOTPLUG, so
+    // negotiated == 0 allows it (and there is no SMI upcall).
     let sim = Q35Sim::builder().smp(1, 4).build();
     assert_eq!(sim.plug_cpu(1), Ok(()));
     assert_eq!(sim.present_cpus(), 2);

@@ -31,29 +31,42 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ElfError> {
 /// One section header, decoded.
 #[derive(Debug, Clone)]
 pub struct Section {
+    /// Index in the section header table.
     pub index: usize,
+    /// Name from the section name string table.
     pub name: String,
+    /// `sh_type` (`SHT_*`).
     pub sh_type: u32,
+    /// `sh_flags` (`SHF_*`).
     pub flags: u64,
+    /// `sh_addr`: load address (0 in a relocatable object).
     pub addr: u64,
+    /// `sh_size` in bytes.
     pub size: u64,
+    /// `sh_link`: e.g. the symbol table of a relocation section.
     pub link: u32,
+    /// `sh_info`: e.g. the section a relocation section applies to.
     pub info: u32,
 }
 
 impl Section {
+    /// `SHF_ALLOC`: the section occupies memory at run time.
     pub fn is_alloc(&self) -> bool {
         self.flags & u64::from(elf::SHF_ALLOC) != 0
     }
+    /// `SHF_EXECINSTR`: the section holds code.
     pub fn is_exec(&self) -> bool {
         self.flags & u64::from(elf::SHF_EXECINSTR) != 0
     }
+    /// `SHF_TLS`: the section is a thread-local storage template.
     pub fn is_tls(&self) -> bool {
         self.flags & u64::from(elf::SHF_TLS) != 0
     }
+    /// `SHT_NOBITS`: no file contents (e.g. `.bss`).
     pub fn is_nobits(&self) -> bool {
         self.sh_type == elf::SHT_NOBITS
     }
+    /// `SHT_RELA` or `SHT_REL`: a relocation section.
     pub fn is_reloc(&self) -> bool {
         self.sh_type == elf::SHT_RELA || self.sh_type == elf::SHT_REL
     }
@@ -62,8 +75,11 @@ impl Section {
 /// Where a symbol is defined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SymSection {
+    /// `SHN_UNDEF`: defined elsewhere.
     Undefined,
+    /// `SHN_ABS`: an absolute value, not relocated.
     Absolute,
+    /// `SHN_COMMON`: a common block not yet allocated.
     Common,
     /// Defined in the section with this index.
     Section(usize),
@@ -74,22 +90,32 @@ pub enum SymSection {
 /// One symbol table entry, decoded.
 #[derive(Debug, Clone)]
 pub struct Symbol {
+    /// Index in `.symtab`.
     pub index: usize,
+    /// Raw (mangled) name.
     pub name: String,
+    /// `st_value`: address, or section offset in a relocatable object.
     pub value: u64,
+    /// `st_size` in bytes.
     pub size: u64,
+    /// Binding (`STB_*`).
     pub bind: u8,
+    /// Type (`STT_*`).
     pub st_type: u8,
+    /// Where the symbol is defined.
     pub section: SymSection,
 }
 
 impl Symbol {
+    /// `STB_WEAK` binding.
     pub fn is_weak(&self) -> bool {
         self.bind == elf::STB_WEAK
     }
+    /// `STB_LOCAL` binding.
     pub fn is_local(&self) -> bool {
         self.bind == elf::STB_LOCAL
     }
+    /// Not defined in this file ([`SymSection::Undefined`]).
     pub fn is_undefined(&self) -> bool {
         self.section == SymSection::Undefined
     }
@@ -106,26 +132,35 @@ pub struct Reloc {
     pub reloc_section: usize,
     /// Index of the section the relocation applies to (`sh_info`); 0 for none.
     pub target_section: usize,
+    /// `r_offset`: where in the target section (or at which address) to apply it.
     pub offset: u64,
+    /// Relocation type (`R_X86_64_*`).
     pub r_type: u32,
     /// Symbol index (0 = no symbol).
     pub sym: usize,
+    /// `r_addend` (0 for SHT_REL entries).
     pub addend: i64,
 }
 
 /// A parsed 64-bit little-endian x86-64 ELF file.
 #[derive(Debug, Clone)]
 pub struct ElfFile<'a> {
+    /// The whole file.
     pub data: &'a [u8],
+    /// `e_type` (`ET_REL`, `ET_EXEC`, ...).
     pub e_type: u16,
+    /// Every section header, in index order.
     pub sections: Vec<Section>,
     /// Symbols from `.symtab` (index 0 is the null symbol). Empty if there is none.
     pub symbols: Vec<Symbol>,
+    /// Every entry of every SHT_RELA / SHT_REL section.
     pub relocs: Vec<Reloc>,
     table: SectionTable<'a, Header>,
 }
 
 impl<'a> ElfFile<'a> {
+    /// Parse `data` as a 64-bit little-endian x86-64 ELF file: section headers,
+    /// `.symtab` and every relocation section.
     pub fn parse(data: &'a [u8]) -> Result<Self, ElfError> {
         if data.len() < 16 || &data[..4] != b"\x7fELF" {
             return err("not an ELF file (bad magic)");
@@ -267,6 +302,7 @@ impl<'a> ElfFile<'a> {
         })
     }
 
+    /// Name of section `index`, or `<bad section index>`.
     pub fn section_name(&self, index: usize) -> &str {
         self.sections
             .get(index)
@@ -274,10 +310,13 @@ impl<'a> ElfFile<'a> {
             .unwrap_or("<bad section index>")
     }
 
+    /// Symbol `index` of `.symtab`.
     pub fn symbol(&self, index: usize) -> Option<&Symbol> {
         self.symbols.get(index)
     }
 
+    /// The symbol called `name` (exact raw name), preferring a definition over an
+    /// undefined reference.
     pub fn find_symbol(&self, name: &str) -> Option<&Symbol> {
         // Prefer a defined symbol over an undefined reference of the same name.
         self.symbols
@@ -302,6 +341,7 @@ impl<'a> ElfFile<'a> {
         }
     }
 
+    /// `e_type` is `ET_EXEC`.
     pub fn is_executable(&self) -> bool {
         self.e_type == elf::ET_EXEC
     }

@@ -26,8 +26,11 @@ use object::elf;
 
 use crate::elf::{reloc_type_name, ElfError, ElfFile, SymSection};
 
+/// Magic at offset 0 of every rmod.
 pub const RMOD_MAGIC: [u8; 4] = *b"HRMD";
+/// The format version this tool writes and reads.
 pub const RMOD_VERSION: u32 = 1;
+/// Bytes of header before the image.
 pub const RMOD_HEADER_SIZE: usize = 32;
 /// Highest address (exclusive) an rmod's sections may occupy.
 pub const RMOD_MAX_ADDR: u64 = 16 << 20;
@@ -39,7 +42,9 @@ pub const RMOD_IMAGE_ALIGN: u64 = 16;
 pub struct Rmod {
     /// Memory footprint (initialized image + zero-filled .bss), multiple of 16.
     pub image_size: u32,
+    /// Image offset of the entry symbol.
     pub entry: u32,
+    /// Image offset of the parameter block symbol.
     pub params: u32,
     /// The initialized image, starting at address 0 (`file_size` bytes).
     pub image: Vec<u8>,
@@ -47,56 +52,89 @@ pub struct Rmod {
     pub relocs: Vec<u32>,
 }
 
+/// Why an ELF file could not be converted, or a blob is not a valid rmod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RmodError {
+    /// The input is not a readable x86-64 ELF file.
     Elf(ElfError),
     /// The input is not an ET_EXEC file.
     NotExecutable {
+        /// The file's `e_type`.
         e_type: u16,
     },
+    /// No SHF_ALLOC section has a non-zero size: there is nothing to load.
     NoAllocSections,
+    /// A loaded section is thread-local (SHF_TLS), which an rmod cannot express.
     TlsSection {
+        /// The section's name.
         section: String,
     },
     /// A section ends beyond [`RMOD_MAX_ADDR`].
     SectionOutOfRange {
+        /// The section's name.
         section: String,
+        /// Its `sh_addr`.
         addr: u64,
+        /// Its `sh_size`.
         size: u64,
     },
     /// SHF_ALLOC relocation sections (.rela.dyn, .rela.iplt): not a static link.
     DynamicRelocations {
+        /// The relocation section's name.
         section: String,
     },
+    /// A relocation of a type other than R_X86_64_64 (fixed up by the loader) and the
+    /// position-independent R_X86_64_PC32 / PLT32 / PC64 / NONE.
     UnsupportedRelocation {
+        /// The type's name, e.g. `R_X86_64_GOTPCREL`.
         type_name: String,
+        /// The type's number.
         r_type: u32,
+        /// The section being relocated.
         section: String,
+        /// Offset of the relocated field.
         offset: u64,
+        /// The symbol the relocation refers to.
         symbol: String,
     },
     /// An R_X86_64_64 relocation whose u64 word is not inside the initialized image.
     RelocationOutsideImage {
+        /// The section being relocated.
         section: String,
+        /// Offset of the relocated word.
         offset: u64,
     },
     /// A relocation against a symbol in a reserved section index (e.g. SHN_COMMON).
     UnsupportedSymbol {
+        /// The symbol's name.
         name: String,
+        /// The section being relocated.
         section: String,
+        /// Offset of the relocated field.
         offset: u64,
     },
+    /// A non-weak undefined symbol: the module must be fully linked.
     UndefinedSymbol {
+        /// The symbol's name.
         name: String,
+        /// The relocated section and offset that refer to it, when a relocation does.
         location: Option<(String, u64)>,
     },
+    /// The entry or params symbol named on the command line does not exist.
     MissingSymbol {
+        /// `"entry"` or `"params"`.
         role: &'static str,
+        /// The symbol name looked for.
         name: String,
     },
+    /// The entry or params symbol exists but cannot be used (undefined, absolute, or
+    /// outside the image).
     BadSymbol {
+        /// `"entry"` or `"params"`.
         role: &'static str,
+        /// The symbol's name.
         name: String,
+        /// Why it cannot be used.
         reason: String,
     },
     /// A blob that does not parse as an rmod.
@@ -366,6 +404,7 @@ fn u32_at(b: &[u8], off: usize) -> u32 {
 }
 
 impl Rmod {
+    /// Bytes of initialized image (the header's `file_size`).
     pub fn file_size(&self) -> u32 {
         self.image.len() as u32
     }

@@ -14,28 +14,38 @@
 
 use std::fmt;
 
+/// Magic at ROM offset 0.
 pub const ROM_DIR_MAGIC: [u8; 4] = *b"HRFS";
+/// The directory format version this tool writes and reads.
 pub const ROM_DIR_VERSION: u32 = 1;
+/// Bytes of directory header (magic, version, count, reserved).
 pub const ROM_DIR_HEADER_SIZE: usize = 16;
+/// Bytes per directory entry (name, offset, size).
 pub const ROM_DIR_ENTRY_SIZE: usize = 32;
+/// Bytes of the NUL-padded name field of an entry.
 pub const ROM_NAME_FIELD: usize = 24;
 /// Longest file name (the name field keeps a terminating NUL).
 pub const ROM_MAX_NAME_LEN: usize = ROM_NAME_FIELD - 1;
+/// Every file's contents start at a multiple of this many bytes.
 pub const ROM_FILE_ALIGN: usize = 16;
 /// The ROM size must be a multiple of this.
 pub const ROM_SIZE_ALIGN: u64 = 64 * 1024;
 /// Offsets are u32 and the ROM sits below 4 GiB.
 pub const ROM_MAX_SIZE: u64 = 1 << 32;
+/// Value of every byte nothing was written to (erased flash).
 pub const ROM_FILL: u8 = 0xFF;
 
 /// A file to put into the ROM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RomFile {
+    /// Directory name (1 to [`ROM_MAX_NAME_LEN`] bytes, no NUL).
     pub name: String,
+    /// Contents.
     pub data: Vec<u8>,
 }
 
 impl RomFile {
+    /// A file called `name` holding `data`.
     pub fn new(name: impl Into<String>, data: impl Into<Vec<u8>>) -> Self {
         RomFile {
             name: name.into(),
@@ -47,37 +57,59 @@ impl RomFile {
 /// A directory entry as stored in a ROM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RomEntry {
+    /// The file's name.
     pub name: String,
+    /// Offset of its contents from the start of the ROM.
     pub offset: u32,
+    /// Size of its contents in bytes.
     pub size: u32,
 }
 
+/// Why a ROM could not be built, or its directory does not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RomError {
+    /// The ROM size is 0 or not a multiple of [`ROM_SIZE_ALIGN`].
     SizeNotMultiple {
+        /// The requested size in bytes.
         size: u64,
     },
+    /// The ROM size exceeds [`ROM_MAX_SIZE`].
     SizeTooLarge {
+        /// The requested size in bytes.
         size: u64,
     },
+    /// The boot block is empty.
     EmptyBoot,
+    /// A file name is empty.
     EmptyName,
+    /// A file name is longer than [`ROM_MAX_NAME_LEN`] bytes.
     NameTooLong {
+        /// The name.
         name: String,
+        /// Its length in bytes.
         len: usize,
     },
+    /// A file name contains a NUL byte.
     NameHasNul {
+        /// The name.
         name: String,
     },
+    /// Two files have the same name.
     DuplicateName {
+        /// The name.
         name: String,
     },
     /// Directory + files + boot block need `needed` bytes but the ROM has `size`.
     DoesNotFit {
+        /// The ROM size in bytes.
         size: u64,
+        /// Bytes needed in all.
         needed: u64,
+        /// Bytes of directory.
         directory: u64,
+        /// Bytes of file contents, with alignment padding.
         files: u64,
+        /// Bytes of boot block.
         boot: u64,
     },
     /// A ROM image whose directory does not parse.
@@ -147,7 +179,8 @@ fn check_name(name: &str) -> Result<(), RomError> {
     Ok(())
 }
 
-/// Compute where each file goes. Returns the directory entries.
+/// Compute where each file goes in a ROM of `size` bytes with a boot block of
+/// `boot_len` bytes, checking sizes and names. Returns the directory entries.
 pub fn layout(boot_len: u64, size: u64, files: &[RomFile]) -> Result<Vec<RomEntry>, RomError> {
     if size == 0 || !size.is_multiple_of(ROM_SIZE_ALIGN) {
         return Err(RomError::SizeNotMultiple { size });

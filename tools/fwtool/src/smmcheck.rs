@@ -35,7 +35,8 @@ use object::elf;
 
 use crate::elf::{reloc_type_name, ElfError, ElfFile, Section, SymSection};
 
-/// Default limit for `--max-frame`: coreboot's per-CPU SMM stack is 2 KiB.
+/// Default `--max-frame` limit in bytes: half of coreboot's default 2 KiB per-CPU SMM
+/// stack.
 pub const DEFAULT_MAX_FRAME: u64 = 1024;
 
 /// Undefined symbols that are always allowed (coreboot's SMM provides them).
@@ -135,10 +136,13 @@ impl Default for SmmCheckOptions {
 /// One decoded executable section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SectionSummary {
+    /// The section's name.
     pub name: String,
-    /// 16, 32 or 64.
+    /// Decoding mode: 16, 32 or 64.
     pub bitness: u32,
+    /// The section's size in bytes.
     pub size: u64,
+    /// Instructions decoded.
     pub instructions: usize,
     /// Byte positions that did not decode as an instruction.
     pub undecodable: usize,
@@ -147,6 +151,7 @@ pub struct SectionSummary {
 /// A location in an executable section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeLocation {
+    /// The section's name.
     pub section: String,
     /// Offset from the start of the section.
     pub offset: u64,
@@ -172,6 +177,7 @@ impl fmt::Display for CodeLocation {
 /// An instruction that touches x87/MMX/SSE/AVX state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstructionFinding {
+    /// Where the instruction is.
     pub location: CodeLocation,
     /// GNU assembler syntax.
     pub text: String,
@@ -182,8 +188,11 @@ pub struct InstructionFinding {
 /// A symbol matching a forbidden pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SymbolFinding {
+    /// Raw (mangled) name.
     pub name: String,
+    /// Demangled name (the raw name when it is not a Rust symbol).
     pub demangled: String,
+    /// Whether the object defines it (else it only references it).
     pub defined: bool,
     /// The pattern (or rule) it matched.
     pub pattern: String,
@@ -192,9 +201,13 @@ pub struct SymbolFinding {
 /// An undefined symbol referenced by the object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UndefinedSymbol {
+    /// Raw (mangled) name.
     pub name: String,
+    /// Demangled name (the raw name when it is not a Rust symbol).
     pub demangled: String,
+    /// Weak reference (resolves to 0 when nothing defines it).
     pub weak: bool,
+    /// In [`ALLOWED_UNDEFINED`] or matching an allowed prefix.
     pub allowed: bool,
 }
 
@@ -205,17 +218,24 @@ pub struct RelocationFinding {
     pub reloc_section: String,
     /// The section being relocated.
     pub section: String,
+    /// Offset of the relocated field in that section.
     pub offset: u64,
+    /// Relocation type number.
     pub r_type: u32,
+    /// Relocation type name, e.g. `R_X86_64_GOTPCREL`.
     pub type_name: String,
+    /// Demangled name of the symbol it refers to.
     pub symbol: String,
 }
 
 /// A stack-pointer adjustment by an immediate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackFrame {
+    /// Bytes the function has allocated by immediate adjustments at this point.
     pub size: u64,
+    /// Where the adjusting instruction is.
     pub location: CodeLocation,
+    /// The instruction, GNU assembler syntax.
     pub text: String,
 }
 
@@ -224,10 +244,13 @@ pub struct StackFrame {
 pub struct SmmReport {
     /// "relocatable (ET_REL)", "executable (ET_EXEC)", ...
     pub file_kind: String,
+    /// Every executable section decoded.
     pub sections: Vec<SectionSummary>,
+    /// Instructions that touch x87/MMX/SSE/AVX state.
     pub forbidden_instructions: Vec<InstructionFinding>,
     /// Bytes in executable sections that did not decode (warnings, not failures).
     pub undecodable: Vec<CodeLocation>,
+    /// Symbols matching a forbidden pattern or a float libcall.
     pub forbidden_symbols: Vec<SymbolFinding>,
     /// All undefined symbols (each with `allowed` set).
     pub undefined_symbols: Vec<UndefinedSymbol>,
@@ -239,11 +262,13 @@ pub struct SmmReport {
     /// Relocations rmodtool ignores (debug sections, `.eh_frame` with its
     /// SHT_X86_64_UNWIND type, NOBITS, no target), so not checked.
     pub ignored_relocations: usize,
+    /// Checked relocations of a type rmodtool rejects.
     pub bad_relocations: Vec<RelocationFinding>,
     /// The largest stack frame found, if any.
     pub max_frame: Option<StackFrame>,
     /// Every frame larger than `max_frame_limit`.
     pub oversized_frames: Vec<StackFrame>,
+    /// The frame limit checked against, in bytes.
     pub max_frame_limit: u64,
 }
 
@@ -440,7 +465,9 @@ impl fmt::Display for SmmReport {
 /// Error reading the object to check.
 #[derive(Debug)]
 pub enum SmmCheckError {
+    /// The file could not be read.
     Io(std::io::Error),
+    /// The file is not a readable x86-64 ELF file.
     Elf(ElfError),
 }
 
