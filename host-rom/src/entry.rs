@@ -33,6 +33,7 @@ rom_gdt:
     .quad 0x00CF9A000000FFFF         /* 0x08: 32-bit code, flat */
     .quad 0x00CF92000000FFFF         /* 0x10: data, flat */
     .quad 0x00AF9A000000FFFF         /* 0x18: 64-bit code */
+    .global rom_gdt_end
 rom_gdt_end:
     .global rom_gdt_desc
 rom_gdt_desc:

@@ -24,13 +24,15 @@ mod smm_stub;
 mod timer;
 
 use core::fmt;
-use q35::cpuhp::CpuHp;
+use q35::cpuhp::{CpuHp, CpuTopology};
 use q35::fw_cfg::{self, FwCfg, Negotiation};
 use q35::io::{HwPorts, PortIo};
 use q35::mch::Mch;
 use q35::pci::{PciConfig, LPC, MCH};
 use q35::{ich9, lapic};
-use smm_handler::params::MAX_SLOTS;
+use smm_handler::arming;
+use smm_handler::layout::{tseg, window};
+use smm_handler::slots::MAX_SLOTS;
 
 use memmap::{Range, RESERVED, TABLE};
 
@@ -74,13 +76,49 @@ fn feature_names(f: u64) -> &'static str {
     }
 }
 
+/// RAM found at boot and where the firmware's own ranges go.
+struct Memory {
+    ram: heapless::Vec<(u64, u64), 8>,
+    tseg_base: u32,
+    tables_base: u64,
+}
+
+/// What SMM setup needs from the earlier boot steps.
+struct Cpus<'a> {
+    topo: &'a CpuTopology,
+    present: heapless::Vec<u32, MAX_SLOTS>,
+    bsp_apic: u32,
+}
+
 #[no_mangle]
 extern "C" fn rom_main() -> ! {
     logger::init(log::LevelFilter::Info);
-    let ports = HwPorts;
     log::info!("starting (QEMU q35 host ROM, SMM like coreboot's x86_64 TSEG build)");
+    check_machine();
+    ich9::enable_pmbase(&HwPorts, ich9::PMBASE);
+    let cfg = FwCfg::detect(&HwPorts).unwrap_or_else(|e| fatal!("fw_cfg: {:?}", e));
+    apply_log_level(&cfg);
+    let mem = find_ram(&cfg);
+    let topo = count_cpus(&cfg);
+    let default_window = Mch::new(&HwPorts).query_default_smbase_smram();
+    // Benchmark baseline only: the host asks for a boot without SMM (QEMU smm=off).
+    let no_smm = cfg.find_file(NO_SMM_FILE).is_some();
+    let granted = negotiate(&cfg, &topo, default_window, no_smm);
+    let cpus = start_aps(&topo);
+    if no_smm {
+        log::warn!(
+            "BASELINE: {} given: no SMM set up at all (benchmark baseline only)",
+            NO_SMM_FILE
+        );
+    } else {
+        setup_smm(&cfg, &cpus, granted, mem.tseg_base, default_window);
+    }
+    hand_off(&cfg, &mem)
+}
 
-    let pci = PciConfig::new(&ports);
+/// Stop unless this is a q35 machine (MCH and ICH9 LPC ids).
+fn check_machine() {
+    let pci = PciConfig::new(&HwPorts);
     match (pci.ids(MCH), pci.ids(LPC)) {
         (Some((0x8086, 0x29C0)), Some((0x8086, 0x2918))) => {}
         other => fatal!(
@@ -88,9 +126,10 @@ extern "C" fn rom_main() -> ! {
             other
         ),
     }
-    ich9::enable_pmbase(&ports, ich9::PMBASE);
+}
 
-    let cfg = FwCfg::detect(&ports).unwrap_or_else(|e| fatal!("fw_cfg: {:?}", e));
+/// The log level from fw_cfg `opt/host-rom/loglevel`, if given.
+fn apply_log_level(cfg: &FwCfg<'_, HwPorts>) {
     if let Some(f) = cfg.find_file("opt/host-rom/loglevel") {
         let mut b = [0u8; 16];
         let n = (f.size as usize).min(16);
@@ -101,8 +140,10 @@ extern "C" fn rom_main() -> ! {
             }
         }
     }
+}
 
-    // RAM from QEMU's e820 table.
+/// RAM from QEMU's e820 table; TSEG at the top of low RAM, the coreboot tables below it.
+fn find_ram(cfg: &FwCfg<'_, HwPorts>) -> Memory {
     let mut e820 = [0u8; 20 * 16];
     let ram = match cfg.find_file("etc/e820") {
         Some(f) => {
@@ -125,24 +166,28 @@ extern "C" fn rom_main() -> ! {
             low_top >> 20
         );
     }
-    let tseg_base = (low_top - u64::from(smm::TSEG_SIZE)) as u32;
-    let tables_base = u64::from(tseg_base) - memmap::TABLES_SIZE;
+    let tseg_base = (low_top - u64::from(tseg::SIZE)) as u32;
+    Memory {
+        ram,
+        tseg_base,
+        tables_base: u64::from(tseg_base) - memmap::TABLES_SIZE,
+    }
+}
 
-    // CPUs: present (to start) and possible (to lay out SMM for), from the register block.
-    let hp = CpuHp::new(&ports);
-    let modern = hp.switch_to_modern();
-    let topo = match modern.and_then(|_| hp.count()) {
+/// Present CPUs (to start) and possible CPUs (to lay out SMM for), from the register block.
+fn count_cpus(cfg: &FwCfg<'_, HwPorts>) -> CpuTopology {
+    let hp = CpuHp::new(&HwPorts);
+    let topo = match hp.switch_to_modern().and_then(|_| hp.count()) {
         Ok(t) => t,
         Err(e) => fatal!(
             "CPU hotplug register block: {:?} (needs QEMU >= 2.7 with a working modern interface)",
             e
         ),
     };
-    let nb_cpus = cfg.read_key_u16(fw_cfg::KEY_NB_CPUS);
     log::info!(
         "CPUs: present {} (fw_cfg boot CPUs {}), possible {}, APIC-ID limit {}",
         topo.present,
-        nb_cpus,
+        cfg.read_key_u16(fw_cfg::KEY_NB_CPUS),
         topo.possible,
         cfg.read_key_u16(fw_cfg::KEY_MAX_CPUS)
     );
@@ -153,44 +198,25 @@ extern "C" fn rom_main() -> ! {
             MAX_SLOTS
         );
     }
+    topo
+}
 
-    // Preconditions for negotiating CPU hotplug (spec 3.6 rule 5).
-    let mch = Mch::new(&ports);
-    let default_smram = mch.query_default_smbase_smram();
-    let slots_for_all = topo.possible as usize <= MAX_SLOTS;
-    let ids_fit = topo.max_apic_id() < 256;
-    let hotplug_ok = default_smram && slots_for_all && ids_fit;
-    if !default_smram {
-        log::warn!(
-            "no SMRAM at default SMBASE (MCH 0x9C, machine type < 5.0): CPU hotplug not offered"
-        );
+/// Negotiate the SMI features the shared policy allows (`smm_handler::arming`); returns
+/// the granted bits.
+fn negotiate(cfg: &FwCfg<'_, HwPorts>, topo: &CpuTopology, window: bool, no_smm: bool) -> u64 {
+    let policy =
+        arming::feature_policy(window, topo.possible, MAX_SLOTS as u32, topo.max_apic_id());
+    for r in &policy.refusals {
+        let (t, args) = r.template();
+        logger::line(log::Level::Warn, t, &args);
     }
-    if !slots_for_all {
-        log::warn!(
-            "{} possible CPUs exceed {} SMM slots: CPU hotplug not offered",
-            topo.possible,
-            MAX_SLOTS
-        );
-    }
-    if !ids_fit {
-        log::warn!(
-            "APIC IDs up to {} do not fit xAPIC: CPU hotplug not offered",
-            topo.max_apic_id()
-        );
-    }
-    let wanted = fw_cfg::SMI_FEATURE_BROADCAST
-        | if hotplug_ok {
-            fw_cfg::SMI_FEATURE_CPU_HOTPLUG | fw_cfg::SMI_FEATURE_CPU_HOT_UNPLUG
-        } else {
-            0
-        };
-    // Benchmark baseline only: the host asks for a boot without SMM (QEMU smm=off).
-    let no_smm = cfg.find_file(NO_SMM_FILE).is_some();
-    let granted = match if no_smm {
+    let wanted = policy.wanted;
+    let result = if no_smm {
         Ok(Negotiation::Unsupported)
     } else {
-        fw_cfg::negotiate_smi_features(&cfg, wanted)
-    } {
+        fw_cfg::negotiate_smi_features(cfg, wanted)
+    };
+    match result {
         Ok(Negotiation::Granted {
             supported,
             requested,
@@ -216,9 +242,11 @@ extern "C" fn rom_main() -> ! {
             0
         }
         Err(e) => fatal!("SMI feature negotiation failed: {:?}", e),
-    };
+    }
+}
 
-    // APs up, as coreboot's MP init does: only the present CPUs.
+/// APs up, as coreboot's MP init does: only the present CPUs.
+fn start_aps(topo: &CpuTopology) -> Cpus<'_> {
     lapic::enable();
     let bsp_apic = lapic::cpuid_apic_id();
     let present: heapless::Vec<u32, MAX_SLOTS> = (0..topo.possible)
@@ -236,25 +264,16 @@ extern "C" fn rom_main() -> ! {
         Ok(n) => log::info!("{} AP(s) checked in", n),
         Err(n) => fatal!("only {} of {} APs checked in", n, present.len() - 1),
     }
-
-    if no_smm {
-        log::warn!(
-            "BASELINE: {} given: no SMM set up at all (benchmark baseline only)",
-            NO_SMM_FILE
-        );
-    } else {
-        setup_smm(
-            &cfg,
-            &topo,
-            &present,
-            bsp_apic,
-            granted,
-            tseg_base,
-            default_smram,
-        );
+    Cpus {
+        topo,
+        present,
+        bsp_apic,
     }
+}
 
-    // coreboot tables and the payload.
+/// coreboot tables with the memory map, then the payload.
+fn hand_off(cfg: &FwCfg<'_, HwPorts>, mem: &Memory) -> ! {
+    let (tseg_base, tables_base) = (u64::from(mem.tseg_base), mem.tables_base);
     let reserved = [
         Range {
             start: 0,
@@ -262,8 +281,8 @@ extern "C" fn rom_main() -> ! {
             kind: TABLE,
         },
         Range {
-            start: memmap::SMBASE_WINDOW.0,
-            end: memmap::SMBASE_WINDOW.1,
+            start: u64::from(window::RESERVED.base),
+            end: u64::from(window::RESERVED.end()),
             kind: RESERVED,
         },
         Range {
@@ -278,20 +297,19 @@ extern "C" fn rom_main() -> ! {
         },
         Range {
             start: tables_base,
-            end: u64::from(tseg_base),
+            end: tseg_base,
             kind: TABLE,
         },
         Range {
-            start: u64::from(tseg_base),
-            end: u64::from(tseg_base) + u64::from(smm::TSEG_SIZE),
+            start: tseg_base,
+            end: tseg_base + u64::from(tseg::SIZE),
             kind: RESERVED,
         },
     ];
-    let map = memmap::build(&ram, &reserved);
+    let map = memmap::build(&mem.ram, &reserved);
     // SAFETY: the tables range and 0x500 are reserved for firmware tables above.
     let table = unsafe { cbtables::write(tables_base, memmap::TABLES_SIZE as usize, &map) };
-
-    let entry = load_payload(&cfg, &map, tables_base);
+    let entry = load_payload(cfg, &map, tables_base);
     mp::park_all();
     log::info!(
         "entering payload at {:#x} (coreboot tables at {:#x})",
@@ -304,51 +322,47 @@ extern "C" fn rom_main() -> ! {
 /// SMM the way coreboot's SMM stage sets it up; any failure stops the boot.
 fn setup_smm(
     cfg: &FwCfg<'_, HwPorts>,
-    topo: &q35::cpuhp::CpuTopology,
-    present: &[u32],
-    bsp_apic: u32,
+    cpus: &Cpus<'_>,
     granted: u64,
     tseg_base: u32,
-    default_smram: bool,
+    default_window: bool,
 ) {
     let tsc_per_us = timer::tsc_per_us();
     log::debug!("TSC: {} ticks per microsecond", tsc_per_us);
-
+    let topo = cpus.topo;
     // SMM: layout for every possible CPU; present CPUs take slots in selector order.
     let module = romfs::find("smm").unwrap_or_else(|| fatal!("ROM has no SMM module (file 'smm')"));
-    let module = smm::Rmod::parse(module).unwrap_or_else(|e| fatal!("SMM module: {:?}", e));
+    let module = smm::rmod::Rmod::parse(module).unwrap_or_else(|e| fatal!("SMM module: {:?}", e));
     let slots = topo.possible.min(MAX_SLOTS as u32);
     // SAFETY: TSEG is the top 1 MiB of low RAM, not yet enabled, owned by firmware.
     let layout = unsafe {
-        smm::load(tseg_base, &module, slots, |p| {
-            p.pmbase = u32::from(ich9::PMBASE);
-            p.features = granted as u32;
-            p.pen_base = smm_handler::first_smi::PEN_BASE;
-            p.boot_apic_id = bsp_apic;
-            p.tsc_per_us = tsc_per_us;
-            p.log_level = smm_log_level(log::max_level());
+        smm::tseg::load(tseg_base, &module, slots, |p| {
+            p.boot.tsc_per_us = tsc_per_us;
+            p.boot.log_level = smm_log_level(log::max_level());
             // Only with hotplug negotiated does SMM ever act on other APIC IDs.
-            if granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0 {
-                p.num_possible = topo.possible;
-                for (dst, sel) in p.possible_apic_id.iter_mut().zip(0..topo.possible) {
-                    *dst = topo.apic_id(sel).unwrap_or(u32::MAX);
-                }
-            }
-            for (i, &apic) in present.iter().enumerate() {
+            let hotplug = granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
+            p.boot.record_possible(
+                (0..topo.possible).map(|s| topo.apic_id(s).unwrap_or(u32::MAX)),
+                hotplug,
+            );
+            p.boot.magic = smm_handler::boot_info::BOOT_INFO_MAGIC;
+            for (i, &apic) in cpus.present.iter().enumerate() {
                 p.slots.set(i, smm_handler::slots::ACTIVE, apic);
             }
         })
     }
     .unwrap_or_else(|e| fatal!("SMM layout: {:?}", e));
-    let top = tseg_base + smm::TSEG_SIZE - 0x10000;
-    let cpus: heapless::Vec<(u32, u32), MAX_SLOTS> = present
+    let slot_cpus: heapless::Vec<(u32, u32), MAX_SLOTS> = cpus
+        .present
         .iter()
         .enumerate()
-        .map(|(i, &a)| (a, smm_handler::params::slot_smbase(top, i as u32)))
+        .map(|(i, &a)| (a, tseg::slot_smbase(tseg_base, i as u32)))
         .collect();
-    smm::enable_tseg().unwrap_or_else(|e| fatal!("TSEG: {:?}", e));
-    smm::relocate_all(&cpus, bsp_apic).unwrap_or_else(|e| fatal!("SMBASE relocation: {:?}", e));
-    smm::verify_slots(&cpus, bsp_apic).unwrap_or_else(|e| fatal!("SMM check: {:?}", e));
+    smm::lock::enable_tseg().unwrap_or_else(|e| fatal!("TSEG: {:?}", e));
+    smm::relocate::relocate_all(&slot_cpus, cpus.bsp_apic)
+        .unwrap_or_else(|e| fatal!("SMBASE relocation: {:?}", e));
+    smm::relocate::verify_slots(&slot_cpus, cpus.bsp_apic)
+        .unwrap_or_else(|e| fatal!("SMM check: {:?}", e));
     // Negative control for the attack test only: the host (not the guest) can ask, via
     // fw_cfg, for a ROM that leaves the default-SMBASE window open, to show the attack
     // succeeds without the lock. Never set in normal use.
@@ -359,12 +373,12 @@ fn setup_smm(
             INSECURE_FILE
         );
     }
-    smm::install_and_lock(default_smram && !insecure, tseg_base)
+    smm::lock::install_and_lock(default_window && !insecure, tseg_base)
         .unwrap_or_else(|e| fatal!("SMRAM lock: {:?}", e));
     log::info!(
         "SMRAM locked: TSEG {:#x}+1 MiB, D_LCK set, default-SMBASE window {}",
         tseg_base,
-        match (default_smram, insecure) {
+        match (default_window, insecure) {
             (true, false) => "locked",
             (true, true) => "LEFT OPEN",
             _ => "absent",

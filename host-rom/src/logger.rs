@@ -33,6 +33,27 @@ impl log::Log for Logger {
 
 static LOGGER: Logger = Logger;
 
+struct SerialConsole;
+
+impl smm_handler::log::Console for SerialConsole {
+    fn write(&self, bytes: &[u8]) {
+        Serial::new(&HwPorts, COM1).write_bytes(bytes);
+    }
+}
+
+/// A line from an SMM-style template (`smm_handler::log`, shared with the coreboot glue),
+/// with this logger's prefix and level filter.
+pub fn line(level: log::Level, template: &str, args: &[u64]) {
+    use smm_handler::log::Console;
+    if level > log::max_level() {
+        return;
+    }
+    let _g = LOCK.lock();
+    let _ = write!(SerialWriter, "[{:<5}] host-rom: ", level);
+    SerialConsole.template(template, args);
+    SerialConsole.write(b"\n");
+}
+
 pub fn init(level: log::LevelFilter) {
     Serial::new(&HwPorts, COM1).init();
     let _ = log::set_logger(&LOGGER);

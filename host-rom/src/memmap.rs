@@ -1,5 +1,5 @@
 //! The memory map handed to the payload, built from QEMU's `etc/e820` and the ranges the
-//! firmware keeps: default-SMBASE SMRAM + pen, the firmware window, the coreboot tables
+//! firmware keeps: the default-SMBASE window + pen, the firmware window, the coreboot tables
 //! and TSEG.
 
 use heapless::Vec;
@@ -10,8 +10,6 @@ pub const TABLE: u32 = 16;
 
 /// Low memory with the coreboot forward record at 0x500.
 pub const LOW_TABLE_END: u64 = 0x1000;
-/// 0x30000-0x4FFFF (SMRAM at default SMBASE) and the post-SMM pen page 0x50000.
-pub const SMBASE_WINDOW: (u64, u64) = (0x30000, 0x51000);
 /// Where the host ROM lives in RAM (page tables, code, stacks of parked APs).
 pub const FIRMWARE_WINDOW: (u64, u64) = (0x10_0000, 0x80_0000);
 /// Space for the coreboot tables below TSEG.

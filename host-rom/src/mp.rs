@@ -1,5 +1,6 @@
-//! Application processors: INIT-SIPI-SIPI into a trampoline at 0x30000 (as coreboot
-//! does, before that window becomes SMRAM), a stack each, and a mailbox loop the BSP
+//! Application processors: INIT-SIPI-SIPI into a trampoline in the default-SMBASE window
+//! (`smm_handler::layout::window::AP_TRAMPOLINE`, before the window becomes SMRAM, as
+//! coreboot also starts its APs there), a stack each, and a mailbox loop the BSP
 //! drives during SMM setup. At hand-off every AP parks in `cli; hlt` inside the
 //! firmware's reserved window, where the payload can restart it with INIT-SIPI-SIPI.
 
@@ -8,9 +9,10 @@ use q35::lapic;
 
 use crate::timer;
 
-/// SIPI vector page for the AP trampoline (coreboot uses the same address).
-pub const AP_TRAMPOLINE: u32 = 0x30000;
-pub const MAX_CPUS: usize = smm_handler::params::MAX_SLOTS;
+/// SIPI page of the AP trampoline.
+pub const AP_TRAMPOLINE: u32 = smm_handler::layout::window::AP_TRAMPOLINE.base;
+/// Most CPUs the ROM starts (one per SMM slot).
+pub const MAX_CPUS: usize = smm_handler::slots::MAX_SLOTS;
 const AP_STACK_SIZE: usize = 16 * 1024;
 
 pub const CMD_IDLE: u32 = 0;
@@ -136,8 +138,8 @@ pub fn start_aps(apic_ids: &[u32], bsp_apic: u32) -> Result<u32, u32> {
         )
     };
     let len = end as usize - start as usize;
-    // SAFETY: 0x30000 is RAM that nothing uses before SMM setup (it is the future default
-    // SMRAM, which stays unlocked until after MP init, exactly as in coreboot).
+    // SAFETY: the trampoline page is RAM that nothing uses before SMM setup (inside the
+    // default-SMBASE window, which stays unlocked until after MP init).
     unsafe { core::ptr::copy_nonoverlapping(start, AP_TRAMPOLINE as *mut u8, len) };
     let vector = AP_TRAMPOLINE >> 12;
     let mut expected = 0;

@@ -61,49 +61,6 @@ smm_stub64:
 smm_stub_end:
     .code64
 
-    .section .rodata.reloc_stub, "a"
-    .code16
-    /* Boot-time SMBASE relocation at 0x38000 (before the window is locked): look up
-       this CPU's new SMBASE by APIC ID in the table the BSP wrote at 0x30100, write it
-       into the save state, mark it done at 0x30500 + id, and RSM. */
-    .global reloc_stub_start
-reloc_stub_start:
-    xorl %edi, %edi
-    xorl %eax, %eax
-    cpuid
-    cmpl $0xB, %eax
-    jb 2f
-    movl $0xB, %eax
-    xorl %ecx, %ecx
-    cpuid
-    testw %bx, %bx
-    jz 2f
-    movl %edx, %esi
-    jmp 3f
-2:  movl $1, %eax
-    cpuid
-    shrl $24, %ebx
-    movl %ebx, %esi
-3:  cmpl $256, %esi
-    jae 5f
-    movl 0x30100(%edi,%esi,4), %eax
-    testl %eax, %eax
-    jz 5f
-    movl 0x3FEFC(%edi), %edx
-    testw %dx, %dx
-    jz 4f
-    movl %eax, 0x3FF00(%edi)
-    movb $1, 0x30500(%edi,%esi,1)
-    rsm
-4:  movl %eax, 0x3FEF8(%edi)
-    movb $1, 0x30500(%edi,%esi,1)
-    rsm
-5:  movl %esi, 0x30600(%edi)
-    movb $1, 0x30604(%edi)
-    rsm
-    .global reloc_stub_end
-reloc_stub_end:
-    .code64
 "#,
     self_ = const P_SELF,
     gdt = const P_GDT,
@@ -121,8 +78,8 @@ extern "C" {
     static smm_stub32: u8;
     static smm_stub64: u8;
     static smm_stub_end: u8;
-    static reloc_stub_start: u8;
-    static reloc_stub_end: u8;
+    static rom_gdt: u8;
+    static rom_gdt_end: u8;
 }
 
 fn span(a: *const u8, b: *const u8) -> &'static [u8] {
@@ -153,7 +110,16 @@ pub fn smm_stub() -> StubCode {
     }
 }
 
-pub fn reloc_stub() -> &'static [u8] {
-    // SAFETY: addresses of symbols defined in the global_asm above.
-    unsafe { span(&reloc_stub_start as *const u8, &reloc_stub_end as *const u8) }
+/// The flat GDT of the boot code (null, 32-bit code, data, 64-bit code), which the slot
+/// stubs load too.
+pub fn gdt() -> &'static [u8] {
+    span(
+        core::ptr::addr_of!(rom_gdt),
+        core::ptr::addr_of!(rom_gdt_end),
+    )
 }
+
+/// GDT selector of the flat 32-bit code segment.
+pub const SEL_CODE32: u16 = 0x08;
+/// GDT selector of the 64-bit code segment.
+pub const SEL_CODE64: u16 = 0x18;

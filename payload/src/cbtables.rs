@@ -1,28 +1,42 @@
 //! Reading the coreboot tables the firmware handed over.
 
+/// Record tag of the memory map (`LB_TAG_MEMORY`).
 pub const TAG_MEMORY: u32 = 0x0001;
+/// Record tag of the serial port description (`LB_TAG_SERIAL`).
 pub const TAG_SERIAL: u32 = 0x000F;
+/// Record tag of a pointer to the real table (`LB_TAG_FORWARD`).
 pub const TAG_FORWARD: u32 = 0x0011;
 
+/// One memory-map entry.
 #[derive(Clone, Copy, Debug)]
 pub struct MemRange {
+    /// Physical start address.
     pub start: u64,
+    /// Length in bytes.
     pub size: u64,
+    /// Type: 1 = RAM, 2 = reserved, 16 = coreboot table, others.
     pub kind: u32,
 }
 
+/// What the payload uses of the coreboot tables.
 pub struct Tables {
+    /// Address of the table header that was parsed (after any forward record).
     pub base: u64,
+    /// The memory map; only the first `memory_len` entries are valid.
     pub memory: [MemRange; 32],
+    /// Valid entries of `memory`.
     pub memory_len: usize,
+    /// The serial port's I/O base, if the tables describe one.
     pub serial_port: Option<u32>,
 }
 
+/// Read a little-endian dword at `addr`.
 fn rd32(addr: u64) -> u32 {
     // SAFETY: callers only read inside a table whose header was validated.
     unsafe { core::ptr::read_unaligned(addr as *const u32) }
 }
 
+/// The IP checksum coreboot uses over `len` bytes at `addr`.
 fn checksum(addr: u64, len: u64) -> u32 {
     let mut sum: u32 = 0;
     for i in 0..len {

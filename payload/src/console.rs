@@ -4,8 +4,10 @@ use core::fmt::Write;
 use q35::io::HwPorts;
 use q35::serial::{Serial, COM1};
 
+/// Serialises whole lines from several CPUs.
 pub static LOCK: spin::Mutex<()> = spin::Mutex::new(());
 
+/// COM1 as a [`core::fmt::Write`] sink.
 pub struct Console;
 
 impl Write for Console {
@@ -15,6 +17,7 @@ impl Write for Console {
     }
 }
 
+/// Print one line to the console, holding [`console::LOCK`](crate::console::LOCK) for it.
 #[macro_export]
 macro_rules! println {
     ($($t:tt)*) => {{

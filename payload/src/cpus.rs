@@ -13,13 +13,20 @@ use q35::io::HwPorts;
 use q35::lapic;
 use q35::pmtimer::PmTimer;
 
+/// What one AP reports once it runs payload code (index = its arrival order).
 pub(crate) struct Ap {
+    /// Its APIC ID (`u32::MAX` until it checked in).
     pub apic: AtomicU32,
+    /// The diagnostic query's answer: slot in the low dword, SMBASE in the high dword
+    /// (`u64::MAX` when SMM did not answer).
     pub slot: AtomicU64,
+    /// SMI entries of its slot, as the diagnostic query reports them.
     pub count: AtomicU64,
+    /// Set to 1 once the fields above are written.
     pub done: AtomicU32,
 }
 
+/// An AP record before its AP checked in.
 #[allow(clippy::declare_interior_mutable_const)]
 const AP_INIT: Ap = Ap {
     apic: AtomicU32::new(u32::MAX),
@@ -27,12 +34,20 @@ const AP_INIT: Ap = Ap {
     count: AtomicU64::new(0),
     done: AtomicU32::new(0),
 };
+/// One record per CPU the payload started (index 0 is the BSP's, unused).
 pub(crate) static APS: [Ap; MAX_CPUS] = [AP_INIT; MAX_CPUS];
+/// APs that checked in.
 pub(crate) static STARTED: AtomicU32 = AtomicU32::new(0);
 
 /// APMC 4 writes each AP makes right after it checked in (the two-CPU storm test).
 pub(crate) static AP_APMC4_WRITES: AtomicU32 = AtomicU32::new(0);
 
+/// Lowest SMBASE a relocated CPU may have: every slot lies in TSEG, above 1 MiB (well
+/// clear of the default SMBASE).
+pub(crate) const MIN_SLOT_SMBASE: u32 = 0x10_0000;
+
+/// An AP's life in the payload: record its APIC ID, write APMC 4 if the storm test asks,
+/// raise one diagnostic SMI, report the answer and halt.
 pub fn ap_main(index: u32) -> ! {
     if let Some(me) = APS.get(index as usize) {
         lapic::enable();
@@ -52,15 +67,20 @@ pub fn ap_main(index: u32) -> ! {
     }
 }
 
+/// The ACPI PM timer at the ICH9's PMBASE.
 pub(crate) fn timer() -> PmTimer<'static, HwPorts> {
     let base = q35::ich9::pmbase(&HwPorts).unwrap_or(q35::ich9::PMBASE);
     PmTimer::new(&HwPorts, base)
 }
 
-/// Low pages the payload uses (usable RAM below 1 MiB per the coreboot memory map):
-/// the AP trampoline, a scratch page for the attack checks, and a page to plant code in.
+// Low pages the payload uses (usable RAM below 1 MiB per the coreboot memory map):
+// the AP trampoline, a scratch page for the attack checks, and a page to plant code in.
+
+/// The page the AP trampoline is copied to (its SIPI vector is this >> 12).
 pub(crate) static TRAMPOLINE_PAGE: AtomicU32 = AtomicU32::new(0);
+/// The scratch page the attack checks use ([`crate::attack`]).
 pub(crate) static SCRATCH_PAGE: AtomicU32 = AtomicU32::new(0);
+/// The page the `attack` variant plants code in (the SIPI attack's target).
 pub(crate) static PLANT_PAGE: AtomicU32 = AtomicU32::new(0);
 
 /// Pick the first three usable 4 KiB pages in 0x1000..0xA0000.
@@ -110,6 +130,8 @@ pub(crate) fn find_ap(apic: u32) -> Option<&'static Ap> {
         .find(|a| a.done.load(Ordering::SeqCst) == 1 && a.apic.load(Ordering::SeqCst) == apic)
 }
 
+/// Start every present AP, have every CPU take an SMI and check that each one has a slot
+/// and an SMBASE of its own (`docs/protocol.md#slots-and-routing`).
 pub fn check(r: &mut Report, t: &Tables) {
     let ports = HwPorts;
     // The trampoline and scratch pages must be RAM the firmware gave us.
@@ -166,6 +188,12 @@ pub fn check(r: &mut Report, t: &Tables) {
         ),
     );
 
+    check_slots(r, bsp, topo.present);
+}
+
+/// Collect the BSP's own diagnostic SMI and every AP's answer, print one `CPU` line per
+/// CPU and require a distinct slot and SMBASE (in TSEG) for each of the `present` CPUs.
+fn check_slots(r: &mut Report, bsp: u32, present: u32) {
     // The BSP's own SMI, then each AP's answer.
     let mut seen: heapless::Vec<(u32, u32, u32, u64), MAX_CPUS> = heapless::Vec::new();
     let b = crate::smi_query();
@@ -190,7 +218,7 @@ pub fn check(r: &mut Report, t: &Tables) {
             .iter()
             .enumerate()
             .all(|(j, o)| j == i || (o.1 != slot && o.2 != smbase));
-        let ok = slot != u32::MAX && count > 0 && distinct && smbase >= 0x100000;
+        let ok = slot != u32::MAX && count > 0 && distinct && smbase >= MIN_SLOT_SMBASE;
         all_ok &= ok;
         println!(
             "CPU apic={} slot={} smbase={:#x} smi-entries={} smi={}",
@@ -203,11 +231,11 @@ pub fn check(r: &mut Report, t: &Tables) {
     }
     r.check(
         "cpu-smi-slots",
-        all_ok && seen.len() as u32 == topo.present,
+        all_ok && seen.len() as u32 == present,
         format_args!(
             "{} of {} present CPUs took an SMI at their own SMBASE and came back",
             seen.len(),
-            topo.present
+            present
         ),
     );
 }

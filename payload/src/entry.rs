@@ -2,7 +2,9 @@
 //! page tables → long mode → `payload_main`. APs started by the payload come through a
 //! real-mode trampoline and join the same path.
 
+/// Bytes of each AP's stack.
 pub const AP_STACK_SIZE: usize = 16 * 1024;
+/// CPUs the payload runs at most (the BSP included); later arrivals halt.
 pub const MAX_CPUS: usize = 64;
 
 core::arch::global_asm!(

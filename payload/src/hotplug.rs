@@ -1,28 +1,39 @@
-//! The OS role for CPU hot-add (spec 12): what QEMU's AML (`CSCN`) and an OS do. Poll
-//! GPE0 bit 2 and the register block, collect inserted CPUs, write 4 to port 0xB2 so
-//! SMM relocates them, clear the insert events, then bring each new CPU online with
-//! INIT-SIPI-SIPI into the payload's trampoline and check that it takes SMIs at a slot
-//! of its own. Variants model hostile or early OS behaviour (spec 9 R18, section 12).
+//! The OS role for CPU hot-add (`docs/protocol.md#relocation-step-by-step`): what QEMU's
+//! AML (`CSCN`, `docs/protocol.md#the-cpu-hotplug-register-block`) and an OS do. Poll GPE0
+//! bit 2 and the register block, collect inserted CPUs, write 4 to port 0xB2 so SMM
+//! relocates them, clear the insert events, then bring each new CPU online with
+//! INIT-SIPI-SIPI into the payload's trampoline and check that it takes SMIs at a slot of
+//! its own. Variants model early OS behaviour (`early-init`, R18) here and hostile OS
+//! behaviour in [`crate::attack`].
 
 use core::sync::atomic::Ordering;
 
 use crate::cpus::{self, find_ap, init_sipi_sipi};
-use crate::{println, Report};
+use crate::{attack, println, Report};
 use q35::cpuhp::{self, CpuHp};
 use q35::fw_cfg::FwCfg;
+use q35::ich9;
 use q35::io::{HwPorts, PortIo};
-use q35::{ich9, lapic};
+use q35::pmtimer::{PmTimer, Stopwatch};
 
 /// What the harness asked for, read from fw_cfg `opt/payload/*` files.
 pub struct Plan {
+    /// CPUs the harness will hot-add (`opt/payload/hotplug`); 0 = no hot-add test.
     pub expect_cpus: u32,
+    /// `early-init` variant: start each new CPU before the hotplug SMI (R18).
     pub early_init: bool,
+    /// `attack` variant (also set by `sipi-attack`): plant code and send SMI IPIs
+    /// ([`crate::attack`]).
     pub attack: bool,
+    /// `sipi-attack` variant: a SIPI to planted code while the new CPU waits in SMM.
     pub sipi_attack: bool,
+    /// APMC 4 writes with nothing pending (`opt/payload/apmc4-storm`); 0 = none.
     pub apmc4_storm: u32,
+    /// `apmc4-storm` with `:2cpu`: an AP writes APMC 4 at the same time as the BSP.
     pub storm_two_cpus: bool,
 }
 
+/// The contents of fw_cfg file `name` as trimmed text, read into `buf`.
 fn file_str<'b>(cfg: &FwCfg<'_, HwPorts>, name: &str, buf: &'b mut [u8; 32]) -> Option<&'b str> {
     let f = cfg.find_file(name)?;
     let n = (f.size as usize).min(buf.len());
@@ -33,6 +44,7 @@ fn file_str<'b>(cfg: &FwCfg<'_, HwPorts>, name: &str, buf: &'b mut [u8; 32]) -> 
 }
 
 impl Plan {
+    /// Read the plan from fw_cfg; a missing file (or no fw_cfg) means "not asked for".
     pub fn read() -> Plan {
         let mut p = Plan {
             expect_cpus: 0,
@@ -82,7 +94,7 @@ pub fn raise_apmc4() {
 
 /// One CSCN pass: the selectors and APIC IDs with an insert event. Eject requests are
 /// acknowledged (remove event cleared) but not acted on here.
-fn scan(hp: &CpuHp<'_, HwPorts>, possible: u32, out: &mut heapless::Vec<(u32, u32), 64>) {
+fn scan(hp: &CpuHp<'_, HwPorts>, possible: u32, out: &mut Batch) {
     let mut uid = 0u32;
     for _ in 0..possible {
         if uid >= possible {
@@ -105,59 +117,6 @@ fn scan(hp: &CpuHp<'_, HwPorts>, possible: u32, out: &mut heapless::Vec<(u32, u3
             break;
         }
         uid += 1;
-    }
-}
-
-// Attack: code the OS plants at 0x38000, in the pen page and in a page of its own (for
-// a SIPI). In SMM it would copy the first 64 bytes of TSEG to the scratch page; anywhere
-// it runs it stores a marker at scratch + 0x100.
-fn leak_buf() -> u64 {
-    u64::from(cpus::SCRATCH_PAGE.load(Ordering::SeqCst))
-}
-
-fn marker() -> u64 {
-    leak_buf() + 0x100
-}
-
-fn sipi_plant() -> u64 {
-    u64::from(cpus::PLANT_PAGE.load(Ordering::SeqCst))
-}
-
-fn plant(at: u64, tseg: u32) {
-    // 16-bit code: mov esi,tseg; mov edi,leak; mov ecx,16;
-    // 1: mov edx,[esi] (addr32); mov [edi],edx; add esi,4; add edi,4; loop 1b;
-    // mov dword [marker],0x4B434148 ("HACK") (addr32); cli; hlt
-    let t = tseg.to_le_bytes();
-    let l = (leak_buf() as u32).to_le_bytes();
-    let m = (marker() as u32).to_le_bytes();
-    let code: [u8; 50] = [
-        0x66, 0xBE, t[0], t[1], t[2], t[3], // mov esi, tseg
-        0x66, 0xBF, l[0], l[1], l[2], l[3], // mov edi, leak
-        0x66, 0xB9, 0x10, 0x00, 0x00, 0x00, // mov ecx, 16
-        0x67, 0x66, 0x8B, 0x16, // mov edx, [esi]
-        0x67, 0x66, 0x89, 0x17, // mov [edi], edx
-        0x66, 0x83, 0xC6, 0x04, // add esi, 4
-        0x66, 0x83, 0xC7, 0x04, // add edi, 4
-        0xE2, 0xEE, // loop
-        0x67, 0x66, 0xC7, 0x05, m[0], m[1], m[2], m[3], 0x48, 0x41, 0x43,
-        0x4B, // mov dword [marker], "HACK"
-        0xFA, 0xF4, // cli; hlt
-    ];
-    // SAFETY: the OS role writes where an attacker would; the firmware must make these
-    // writes harmless (0x38000 is locked SMRAM, the pen page is re-installed by SMM).
-    unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), at as *mut u8, code.len()) };
-}
-
-fn leak_state() -> (bool, bool) {
-    // SAFETY: reading payload-owned low RAM (usable in the memory map).
-    unsafe {
-        let marker = core::ptr::read_volatile(marker() as *const u32) == 0x4B43_4148;
-        let mut leaked = false;
-        for i in 0..16u64 {
-            let v = core::ptr::read_volatile((leak_buf() + 4 * i) as *const u32);
-            leaked |= v != 0 && v != 0xFFFF_FFFF;
-        }
-        (marker, leaked)
     }
 }
 
@@ -223,6 +182,12 @@ pub fn smi_round_trip() {
     );
 }
 
+/// A batch of new CPUs the scan found: (selector, APIC ID).
+type Batch = heapless::Vec<(u32, u32), 64>;
+
+/// Hot-add as an OS does it: wait for insert events (bounded: 120 s), have SMM relocate
+/// each batch, start every new CPU and check that it takes SMIs in a slot of its own. The
+/// `attack` variants hook in through [`attack`].
 pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
     if plan.expect_cpus == 0 {
         return;
@@ -239,13 +204,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
     };
     let pmbase = ich9::pmbase(&ports).unwrap_or(ich9::PMBASE);
     let tm = cpus::timer();
-    if plan.attack {
-        if let Some(t) = tseg {
-            plant(sipi_plant(), t);
-            plant(0x38000, t);
-            plant(u64::from(smm_handler::first_smi::PEN_BASE), t);
-        }
-    }
+    attack::plant(plan, tseg);
     println!("payload: ready for hotplug of {} CPU(s)", plan.expect_cpus);
     let mut onlined = 0u32;
     let mut slots: heapless::Vec<u32, 64> = heapless::Vec::new();
@@ -253,7 +212,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
     // Bounded: 120 s of waiting for events at most.
     while onlined < plan.expect_cpus && tm.elapsed_us(&mut sw) < 120_000_000 {
         let gpe = ports.inb(pmbase + ich9::GPE0_STS) & ich9::GPE0_CPU_HOTPLUG != 0;
-        let mut new: heapless::Vec<(u32, u32), 64> = heapless::Vec::new();
+        let mut new = Batch::new();
         scan(&hp, topo.possible, &mut new);
         if new.is_empty() {
             if gpe {
@@ -264,72 +223,10 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
         }
         let mut t_event = tm.start();
         ports.outb(pmbase + ich9::GPE0_STS, ich9::GPE0_CPU_HOTPLUG);
-        if plan.early_init {
-            // A hostile or eager OS starts the CPU before the SMI (R18).
-            for &(_, apic) in &new {
-                init_sipi_sipi(apic);
-            }
-        }
-        if plan.sipi_attack {
-            // The new CPU waits at the gate inside SMM with its LAPIC in wait-for-SIPI;
-            // a SIPI to planted code must not move it there while it is in SMM (QEMU
-            // builds without the SIPI-in-SMM fix do; the first-SMI handler's self-SIPI
-            // narrows that window).
-            for &(_, apic) in &new {
-                let _ = lapic::send_ipi(apic, lapic::ICR_SMI);
-                tm.delay_us(5_000);
-                let _ = lapic::send_ipi(apic, lapic::ICR_STARTUP | (sipi_plant() >> 12) as u32);
-                tm.delay_us(5_000);
-            }
-        }
-        if plan.attack {
-            // SMI IPIs to the new CPUs before the hotplug SMI: they must only ever reach
-            // the firmware's first-SMI handler.
-            for &(_, apic) in &new {
-                let _ = lapic::send_ipi(apic, lapic::ICR_SMI);
-            }
-        }
-        raise_apmc4();
-        for &(uid, _) in &new {
-            hp.select(uid);
-            hp.control(cpuhp::CTL_CLEAR_INSERT);
-        }
+        relocate(plan, &hp, &new, &tm);
         for &(uid, apic) in &new {
-            let ok = init_sipi_sipi(apic) && tm.wait_until(3_000_000, || find_ap(apic).is_some());
-            let us = tm.elapsed_us(&mut t_event);
-            let (slot, smbase, count) = match find_ap(apic) {
-                Some(a) => {
-                    let s = a.slot.load(Ordering::SeqCst);
-                    (s as u32, (s >> 32) as u32, a.count.load(Ordering::SeqCst))
-                }
-                None => (u32::MAX, 0, 0),
-            };
-            if plan.attack {
-                // After relocation: more SMI IPIs; they must land in TSEG.
-                for _ in 0..3 {
-                    let _ = lapic::send_ipi(apic, lapic::ICR_SMI);
-                    tm.delay_us(1000);
-                }
-            }
-            let fresh = slot != u32::MAX && !slots.contains(&slot) && smbase >= 0x10_0000;
-            let _ = slots.push(slot);
+            online(r, plan, &tm, &mut t_event, &mut slots, uid, apic);
             onlined += 1;
-            println!(
-                "HOTPLUG selector={} apic={} online={} slot={} smbase={:#x} smi-entries={} event-to-online-us={} smi={}",
-                uid,
-                apic,
-                ok,
-                slot as i64,
-                smbase,
-                count,
-                us,
-                if ok && fresh { "ok" } else { "FAIL" }
-            );
-            r.check(
-                "hotplug-cpu",
-                ok && fresh,
-                format_args!("APIC {} online with its own SMM slot {}", apic, slot as i64),
-            );
         }
     }
     r.check(
@@ -340,22 +237,71 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
             onlined, plan.expect_cpus
         ),
     );
-    if plan.attack {
-        let (marker, leaked) = leak_state();
-        r.check(
-            "attack-nothing-planted-ran-in-smm",
-            !leaked,
-            format_args!(
-                "planted code ran: {}; bytes copied out of TSEG: {}",
-                marker, leaked
-            ),
-        );
-    }
+    attack::check_leak(r, plan);
     // Every CPU, old and new, still takes SMIs and comes back.
     let back = crate::smi_query().is_some();
     r.check(
         "smi-after-hotplug",
         back,
         format_args!("BSP SMI round trip after hot-add"),
+    );
+}
+
+/// Have SMM relocate the batch `new`, as the AML does after its scan: APMC 4, then clear
+/// each insert event. `early-init` starts the CPUs before the SMI (R18).
+fn relocate(plan: &Plan, hp: &CpuHp<'_, HwPorts>, new: &Batch, tm: &PmTimer<'_, HwPorts>) {
+    if plan.early_init {
+        // A hostile or eager OS starts the CPU before the SMI (R18).
+        for &(_, apic) in new {
+            init_sipi_sipi(apic);
+        }
+    }
+    attack::before_hotplug_smi(plan, new, tm);
+    raise_apmc4();
+    for &(uid, _) in new {
+        hp.select(uid);
+        hp.control(cpuhp::CTL_CLEAR_INSERT);
+    }
+}
+
+/// Start the relocated CPU `apic` (selector `uid`) with INIT-SIPI-SIPI, wait for it to
+/// check in and require a slot no other new CPU has, with its SMBASE above 1 MiB.
+/// `t_event` runs from the insert event; `slots` collects the slots seen so far.
+fn online(
+    r: &mut Report,
+    plan: &Plan,
+    tm: &PmTimer<'_, HwPorts>,
+    t_event: &mut Stopwatch,
+    slots: &mut heapless::Vec<u32, 64>,
+    uid: u32,
+    apic: u32,
+) {
+    let ok = init_sipi_sipi(apic) && tm.wait_until(3_000_000, || find_ap(apic).is_some());
+    let us = tm.elapsed_us(t_event);
+    let (slot, smbase, count) = match find_ap(apic) {
+        Some(a) => {
+            let s = a.slot.load(Ordering::SeqCst);
+            (s as u32, (s >> 32) as u32, a.count.load(Ordering::SeqCst))
+        }
+        None => (u32::MAX, 0, 0),
+    };
+    attack::after_online(plan, apic, tm);
+    let fresh = slot != u32::MAX && !slots.contains(&slot) && smbase >= cpus::MIN_SLOT_SMBASE;
+    let _ = slots.push(slot);
+    println!(
+        "HOTPLUG selector={} apic={} online={} slot={} smbase={:#x} smi-entries={} event-to-online-us={} smi={}",
+        uid,
+        apic,
+        ok,
+        slot as i64,
+        smbase,
+        count,
+        us,
+        if ok && fresh { "ok" } else { "FAIL" }
+    );
+    r.check(
+        "hotplug-cpu",
+        ok && fresh,
+        format_args!("APIC {} online with its own SMM slot {}", apic, slot as i64),
     );
 }

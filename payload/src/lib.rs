@@ -6,6 +6,7 @@
 
 extern crate fw_rt;
 
+mod attack;
 pub mod cbtables;
 pub mod console;
 mod cpus;
@@ -15,18 +16,25 @@ mod smram;
 
 use q35::fw_cfg::{self, FwCfg};
 use q35::io::{HwPorts, PortIo};
+use smm_handler::layout::window;
 
+/// isa-debug-exit's I/O port.
 const DEBUG_EXIT_PORT: u16 = 0xF4;
+/// Written to [`DEBUG_EXIT_PORT`] on pass: QEMU exits with (0x10 << 1) | 1 = 33.
 const EXIT_PASS: u8 = 0x10;
+/// Written to [`DEBUG_EXIT_PORT`] on failure: QEMU exits with (0x11 << 1) | 1 = 35.
 const EXIT_FAIL: u8 = 0x11;
 
 /// Collects check outcomes; the first failure becomes the RESULT reason.
 pub struct Report {
+    /// The name of the first check that failed.
     failed: Option<&'static str>,
+    /// Checks made so far.
     count: u32,
 }
 
 impl Report {
+    /// Record check `name` and print `CHECK <name>: PASS|FAIL <detail>`.
     pub fn check(&mut self, name: &'static str, ok: bool, detail: core::fmt::Arguments) {
         self.count += 1;
         println!(
@@ -45,6 +53,7 @@ impl Report {
 /// as an OS on a machine without SMM would not (QEMU smm=off, the benchmark baseline).
 static SMM_PRESENT: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
+/// Whether firmware set up SMM; false until `payload_main` read SMRAMC.
 pub fn smm_present() -> bool {
     SMM_PRESENT.load(core::sync::atomic::Ordering::SeqCst)
 }
@@ -61,6 +70,7 @@ pub fn smi_query() -> Option<(u64, u64)> {
 /// fw_cfg file that keeps QEMU running after the result (for QMP queries by tests).
 const STAY_FILE: &str = "opt/payload/stay";
 
+/// Print the RESULT line, exit QEMU (unless [`STAY_FILE`] exists) and halt.
 fn finish(r: &Report) -> ! {
     let stay = FwCfg::detect(&HwPorts).is_ok_and(|c| c.find_file(STAY_FILE).is_some());
     let code = match r.failed {
@@ -82,6 +92,7 @@ fn finish(r: &Report) -> ! {
     }
 }
 
+/// The names of the negotiated SMI features in `f` (`docs/protocol.md#smi-feature-negotiation`).
 fn feature_list(f: u64) -> &'static str {
     match f & 7 {
         0 => "none",
@@ -92,6 +103,7 @@ fn feature_list(f: u64) -> &'static str {
     }
 }
 
+/// The names of the features this project wants and did not get (`f` = the missing bits).
 fn missing_list(f: u64) -> &'static str {
     match f & 7 {
         0 => "none",
@@ -102,29 +114,9 @@ fn missing_list(f: u64) -> &'static str {
     }
 }
 
-#[no_mangle]
-extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
-    println!("payload: entered (coreboot tables at {:#x})", table_ptr);
-    let mut r = Report {
-        failed: None,
-        count: 0,
-    };
-    let smramc = q35::mch::Mch::new(&HwPorts).smramc();
-    SMM_PRESENT.store(
-        smramc & q35::mch::SMRAMC_D_LCK != 0,
-        core::sync::atomic::Ordering::SeqCst,
-    );
-    if !smm_present() {
-        println!("payload: SMRAM is not locked: no SMM, no SMIs will be raised");
-    }
-
-    let tables = match cbtables::parse(u64::from(table_ptr)) {
-        Ok(t) => t,
-        Err(e) => {
-            r.check("coreboot-tables", false, format_args!("{}", e));
-            finish(&r)
-        }
-    };
+/// Print the coreboot memory map and check that it reserves the default-SMBASE window and
+/// the pen (`docs/protocol.md#the-default-smbase-window`).
+fn memory_map(r: &mut Report, tables: &cbtables::Tables) {
     println!(
         "payload: coreboot tables at {:#x}, serial {:?}",
         tables.base, tables.serial_port
@@ -148,12 +140,24 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
             .iter()
             .any(|m| m.kind != 1 && m.start <= a && b <= m.start + m.size)
     };
+    let smbase_window = window::RESERVED;
     r.check(
         "memmap-reserves-smbase-window",
-        reserved(0x30000, 0x51000),
-        format_args!("0x30000-0x50fff (default-SMBASE SMRAM + pen) not RAM"),
+        reserved(
+            u64::from(smbase_window.base),
+            u64::from(smbase_window.end()),
+        ),
+        format_args!(
+            "{:#x}-{:#x} (default-SMBASE SMRAM + pen) not RAM",
+            smbase_window.base,
+            smbase_window.end() - 1
+        ),
     );
+}
 
+/// Check the SMI features firmware negotiated with QEMU
+/// (`docs/protocol.md#smi-feature-negotiation`): broadcast at least.
+fn smi_features(r: &mut Report) {
     let ports = HwPorts;
     match FwCfg::detect(&ports) {
         Ok(cfg) => match fw_cfg::read_smi_features(&cfg) {
@@ -181,6 +185,34 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
         },
         Err(e) => r.check("fw_cfg", false, format_args!("{:?}", e)),
     }
+}
+
+/// The BSP's Rust entry (from `entry.rs`): run every check, then [`finish`].
+#[no_mangle]
+extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
+    println!("payload: entered (coreboot tables at {:#x})", table_ptr);
+    let mut r = Report {
+        failed: None,
+        count: 0,
+    };
+    let smramc = q35::mch::Mch::new(&HwPorts).smramc();
+    SMM_PRESENT.store(
+        smramc & q35::mch::SMRAMC_D_LCK != 0,
+        core::sync::atomic::Ordering::SeqCst,
+    );
+    if !smm_present() {
+        println!("payload: SMRAM is not locked: no SMM, no SMIs will be raised");
+    }
+
+    let tables = match cbtables::parse(u64::from(table_ptr)) {
+        Ok(t) => t,
+        Err(e) => {
+            r.check("coreboot-tables", false, format_args!("{}", e));
+            finish(&r)
+        }
+    };
+    memory_map(&mut r, &tables);
+    smi_features(&mut r);
 
     let tseg = smram::check(&mut r, &tables);
     cpus::check(&mut r, &tables);
@@ -191,6 +223,7 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
     finish(&r)
 }
 
+/// An AP's Rust entry (from `entry.rs`); `index` is its arrival order.
 #[no_mangle]
 extern "sysv64" fn payload_ap_main(index: u32) -> ! {
     cpus::ap_main(index)

@@ -1,11 +1,14 @@
 //! SMRAM checks from outside SMM: D_LCK set and sticky, TSEG and the default-SMBASE
-//! window read all-ones and drop writes.
+//! window read all-ones and drop writes (`docs/protocol.md#the-default-smbase-window`).
 
 use crate::cbtables::Tables;
 use crate::Report;
 use q35::io::HwPorts;
 use q35::mch::{self, Mch};
+use smm_handler::layout::{window, DEFAULT_SMBASE};
+use smm_handler::save_state;
 
+/// Write a test pattern to `addr` and return what it read before and after the write.
 fn probe(addr: u64) -> (u32, u32) {
     // SAFETY: physical addresses the firmware reserved; from outside SMM the MCH routes
     // them to a blackhole when SMRAM is locked. Writing is the point of the check: a
@@ -18,9 +21,19 @@ fn probe(addr: u64) -> (u32, u32) {
     }
 }
 
-/// Returns TSEG's base when it could be located.
+/// Check that SMRAMC and ESMRAMC are locked, TSEG and the default-SMBASE window are
+/// unreadable from outside SMM. Returns TSEG's base when it could be located.
 pub fn check(r: &mut Report, _t: &Tables) -> Option<u32> {
     let m = Mch::new(&HwPorts);
+    check_smramc(r, &m);
+    let tseg = check_esmramc(r, &m);
+    let tseg_base = check_tseg(r, tseg);
+    check_window(r, &m);
+    tseg_base
+}
+
+/// D_LCK set, and D_OPEN cannot be set any more.
+fn check_smramc(r: &mut Report, m: &Mch<'_, HwPorts>) {
     let s = m.smramc();
     m.set_smramc(mch::SMRAMC_D_OPEN | mch::SMRAMC_G_SMRAME | mch::SMRAMC_C_BASE_SEG);
     let after = m.smramc();
@@ -32,6 +45,10 @@ pub fn check(r: &mut Report, _t: &Tables) -> Option<u32> {
             s, after
         ),
     );
+}
+
+/// TSEG enabled, and ESMRAMC cannot be changed any more. Returns TSEG's size.
+fn check_esmramc(r: &mut Report, m: &Mch<'_, HwPorts>) -> Option<u32> {
     let e = m.esmramc();
     m.set_esmramc(0);
     let e2 = m.esmramc();
@@ -44,7 +61,11 @@ pub fn check(r: &mut Report, _t: &Tables) -> Option<u32> {
             e, e2, tseg
         ),
     );
+    tseg
+}
 
+/// TSEG reads all-ones and drops writes from outside SMM. Returns its base if found.
+fn check_tseg(r: &mut Report, tseg: Option<u32>) -> Option<u32> {
     // TSEG sits at the top of RAM below 4 GiB (QEMU: below_4g_mem_size - size).
     let low_top = q35::fw_cfg::FwCfg::detect(&HwPorts)
         .ok()
@@ -84,19 +105,33 @@ pub fn check(r: &mut Report, _t: &Tables) -> Option<u32> {
     } else {
         r.check("tseg-unreadable", false, format_args!("cannot locate TSEG"));
     }
+    tseg_base
+}
 
+/// MCH 0x9C reads locked and the default-SMBASE window reads all-ones and drops writes.
+fn check_window(r: &mut Report, m: &Mch<'_, HwPorts>) {
     let locked = m.raw_default_smbase_smram();
-    let probes = [0x30000u64, 0x38000, 0x3FF00, 0x4FFFC];
+    // The window's first dword, the first-SMI handler's entry, the shared save state's
+    // SMBASE field and the window's last dword.
+    let probes = [
+        window::WINDOW.base,
+        window::HANDLER.base,
+        DEFAULT_SMBASE + save_state::SMBASE,
+        window::WINDOW.end() - 4,
+    ];
     let ok = probes
         .iter()
-        .all(|&a| probe(a) == (0xFFFF_FFFF, 0xFFFF_FFFF));
+        .all(|&a| probe(u64::from(a)) == (0xFFFF_FFFF, 0xFFFF_FFFF));
     r.check(
         "default-smbase-smram-locked",
         locked == mch::SMBASE_SMRAM_LOCK && ok,
         format_args!(
-            "MCH 0x9C = {:#04x}; 0x30000-0x4ffff reads all-ones and drops writes: {}",
-            locked, ok
+            "MCH {:#X} = {:#04x}; {:#x}-{:#x} reads all-ones and drops writes: {}",
+            mch::REG_SMBASE_SMRAM,
+            locked,
+            window::WINDOW.base,
+            window::WINDOW.end() - 1,
+            ok
         ),
     );
-    tseg_base
 }

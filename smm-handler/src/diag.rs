@@ -3,15 +3,20 @@
 //! The caller writes [`APMC_DIAG_QUERY`] to port 0xB2 with `RAX = MAGIC << 32 | cmd`.
 //! With broadcast SMIs every CPU enters SMM, so each CPU answers only in its *own* save
 //! state, and only if that save state carries the magic: there is no "which CPU called"
-//! guess (spec ERRATA E12). The answer reveals the caller's own slot index, SMBASE and
+//! guess, which broadcast SMIs make unreliable (`docs/qemu.md`). The answer reveals the caller's own slot index, SMBASE and
 //! entry count, nothing the caller could use to change SMM; it writes nothing but the
 //! caller's own saved RAX/RSI/RDI.
 
+use crate::save_state;
+
+/// APMC command of the diagnostic query.
 pub const APMC_DIAG_QUERY: u8 = 0x5A;
-pub const MAGIC: u32 = 0x534D_4D51; // "SMMQ"
+/// Magic in the high half of RAX of a request and of an answer ("SMMQ").
+pub const MAGIC: u32 = 0x534D_4D51;
 /// Saved RAX after SMM answered: magic in the high half, this in the low byte.
 pub const ANSWERED: u8 = 0xA5;
 
+/// RAX of a request.
 pub const fn request_rax() -> u64 {
     ((MAGIC as u64) << 32) | APMC_DIAG_QUERY as u64
 }
@@ -62,27 +67,22 @@ pub fn query() -> Option<(u64, u64)> {
     parse_answer(rax, rsi, rdi)
 }
 
-/// Save-state offsets (64-bit map, relative to SMBASE) of the registers the query uses.
-const SS_RAX: u32 = 0xFFF8;
-const SS_RSI: u32 = 0xFFC8;
-const SS_RDI: u32 = 0xFFC0;
-
 /// SMM side: if this CPU's saved RAX holds a request, answer it in the same save state
 /// with `slot`, `smbase` and `count`. Call only when port 0xB2 reads
 /// [`APMC_DIAG_QUERY`].
 ///
 /// # Safety
-/// `smbase` must be the SMBASE of the calling CPU's own slot, so that SMBASE+0xFE00..
-/// +0x10000 is its live save state in SMRAM.
+/// `smbase` must be the SMBASE of the calling CPU's own slot, so that the save-state map
+/// above it is this CPU's live save state in SMRAM.
 pub unsafe fn answer_in_save_state(slot: u32, smbase: u32, count: u64) {
     let ss = |off: u32| (smbase as usize + off as usize) as *mut u64;
     // SAFETY: the caller guarantees these are this CPU's own saved registers.
     unsafe {
-        if is_request(core::ptr::read_volatile(ss(SS_RAX))) {
+        if is_request(core::ptr::read_volatile(ss(save_state::RAX))) {
             let (rax, rsi, rdi) = answer(slot, smbase, count);
-            core::ptr::write_volatile(ss(SS_RSI), rsi);
-            core::ptr::write_volatile(ss(SS_RDI), rdi);
-            core::ptr::write_volatile(ss(SS_RAX), rax);
+            core::ptr::write_volatile(ss(save_state::RSI), rsi);
+            core::ptr::write_volatile(ss(save_state::RDI), rdi);
+            core::ptr::write_volatile(ss(save_state::RAX), rax);
         }
     }
 }

@@ -1,71 +1,45 @@
 //! APMC 4: find hot-added CPUs and relocate each one's SMBASE, one at a time, into a slot
-//! of its own (spec 6.4 with the review's arrival barrier and straggler recovery).
+//! of its own, behind an arrival barrier, with straggler recovery
+//! (`docs/protocol.md#relocation-step-by-step`).
 //!
-//! Runs on the CPU that holds the host's SMI lock. Every input from the register block
+//! Runs on the monarch (the CPU that holds the host's SMI lock). Every input from the register block
 //! and from OS-writable memory is untrusted; every wait is bounded by the clock *and* by
 //! an iteration count; nothing here blocks on anything the OS controls (R5, R11).
 
-use crate::log::{Level, Part};
-use crate::slots::{self, Slots};
+use crate::host::Host;
+use crate::layout::GATE_CLOSED;
+use crate::slots::{self, Slots, MAX_SLOTS};
+use crate::smm_log;
 use q35::cpuhp::{self, CpuHp};
-use q35::io::PortIo;
 use q35::lapic;
 
-/// Bounds (microseconds) of the relocation protocol's waits.
+/// Bound of the wait for every new CPU to arrive in the first-SMI handler (µs).
 pub const T_ARRIVE_US: u64 = 50_000;
+/// Bound of the wait after a directed SMI IPI to a CPU that had not arrived (µs).
 pub const T_SMI_IPI_US: u64 = 100_000;
+/// Bound of the wait after INIT-SIPI-SIPI to a CPU that still had not arrived (µs).
 pub const T_INIT_US: u64 = 100_000;
+/// Bound of the wait for the admitted CPU to set `about_to_leave` (µs).
 pub const T_LEAVE_US: u64 = 1_000_000;
+/// Bound of the wait for the relocated CPU to reach the pen (µs).
 pub const T_PEN_US: u64 = 1_000_000;
 /// Upper bound on polls in any wait, whatever the clock says (the OS cannot stop the
 /// TSC, but a broken calibration must not turn a wait into a hang).
 pub const MAX_POLLS: u64 = 200_000_000;
 
 /// Most CPUs one APMC 4 handles (QEMU's AML batches at most 255; slots are fewer).
-pub const MAX_BATCH: usize = crate::params::MAX_SLOTS;
+pub const MAX_BATCH: usize = MAX_SLOTS;
 
-/// What the handler needs from its host (the host ROM or coreboot).
-pub trait Platform {
-    type Ports: PortIo;
-    fn ports(&self) -> &Self::Ports;
-    /// Monotonic microseconds (e.g. the TSC calibrated at boot; not the OS-movable PM timer).
-    fn now_us(&self) -> u64;
-    fn log(&self, level: Level, parts: &[Part<'_>]);
-    fn slots(&self) -> &Slots;
-    /// Slots laid out (possible CPUs).
-    fn slot_count(&self) -> usize;
-    fn slot_smbase(&self, slot: usize) -> Option<u32>;
-    /// Route SMIs of `apic` to `slot` in the host's SMM entry (coreboot: apic_id_to_cpu).
-    fn set_route(&self, slot: usize, apic: Option<u32>);
-    /// Whether `apic` is one of the possible CPUs recorded at boot (R6).
-    fn is_possible_apic(&self, apic: u32) -> bool;
-    /// Possible CPUs recorded at boot (bounds the register-block scan).
-    fn possible_count(&self) -> u32;
-    fn send_ipi(&self, apic: u32, icr_low: u32) -> bool;
-    fn window(&self) -> &dyn Window;
-}
-
-/// The default-SMBASE window (context at 0x30000, first-SMI handler) and the pen page.
-pub trait Window {
-    /// `cmpxchg` on the 64-bit gate.
-    fn gate_cas(&self, old: u64, new: u64) -> bool;
-    fn set_new_smbase(&self, smbase: u32);
-    fn about_to_leave(&self) -> u8;
-    fn clear_about_to_leave(&self);
-    /// The arrival mark of `apic` (0 = not arrived); IDs >= 256 have none.
-    fn arrived(&self, apic: u32) -> u32;
-    fn clear_arrived(&self, apic: u32);
-    /// Re-install the pen code (the page is OS-writable) and clear its signal byte.
-    fn reset_pen(&self);
-    fn pen_signal(&self) -> u8;
-    fn pen_base(&self) -> u32;
-}
-
+/// What one service did (the hosts log it; the simulation tests check it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
+    /// Insert events seen in the register block.
     pub inserts: u32,
+    /// CPUs relocated into a slot of their own.
     pub relocated: u32,
+    /// CPUs left at the default SMBASE (never arrived, no free slot, did not take the gate).
     pub skipped: u32,
+    /// Slots quarantined (and the gate-not-closed stop).
     pub quarantined: u32,
 }
 
@@ -75,37 +49,37 @@ enum Step {
     Stop,
 }
 
-fn wait<P: Platform + ?Sized>(p: &P, us: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let start = p.now_us();
+fn wait<H: Host + ?Sized>(h: &H, us: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let start = h.now_us();
     let mut polls = 0u64;
     loop {
         if cond() {
             return true;
         }
         polls += 1;
-        if p.now_us().wrapping_sub(start) >= us || polls >= MAX_POLLS {
+        if h.now_us().wrapping_sub(start) >= us || polls >= MAX_POLLS {
             return cond();
         }
         core::hint::spin_loop();
     }
 }
 
-fn delay<P: Platform + ?Sized>(p: &P, us: u64) {
-    let _ = wait(p, us, || false);
+fn delay<H: Host + ?Sized>(h: &H, us: u64) {
+    let _ = wait(h, us, || false);
 }
 
 /// Before taking the host's SMI lock: a CPU whose slot is RELOCATING returns at once
-/// (R12; spec 7.3 item 5), or it would wait on the lock the monarch holds while the
-/// monarch waits for it.
+/// (R12), or it would wait on the lock the monarch holds while the monarch waits for it.
 pub fn must_return_early(slots: &Slots, slot: usize) -> bool {
     slots.state(slot) == slots::RELOCATING
 }
 
-/// Scan the register block for insert events (spec 4.4). Bounded by the possible count;
-/// inconsistent status combinations are skipped (R5).
-pub fn scan_inserts<P: Platform + ?Sized>(p: &P, out: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
-    let hp = CpuHp::new(p.ports());
-    let possible = p.possible_count();
+/// Scan the register block for insert events (`docs/protocol.md#the-cpu-hotplug-register-block`).
+/// Bounded by the possible count; inconsistent status combinations are skipped (R5).
+/// Returns the number of insert events seen; the APIC IDs go to `out`.
+pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
+    let hp = CpuHp::new(h.ports());
+    let possible = h.data().possible_count();
     let mut cur = 0u32;
     let mut inserts = 0;
     for _ in 0..possible {
@@ -123,38 +97,26 @@ pub fn scan_inserts<P: Platform + ?Sized>(p: &P, out: &mut heapless::Vec<u32, MA
         if st & cpuhp::STS_INSERT != 0 {
             inserts += 1;
             if st & cpuhp::STS_ENABLED == 0 || st & cpuhp::STS_FW_REMOVE != 0 {
-                p.log(
-                    Level::Warn,
-                    &[
-                        Part::Str(b"cpuhp: inconsistent status "),
-                        Part::Hex(st.into()),
-                        Part::Str(b" at selector "),
-                        Part::Dec(cur.into()),
-                        Part::Str(b", skipped"),
-                    ],
+                smm_log!(
+                    h,
+                    Warn,
+                    "cpuhp: inconsistent status {:#x} at selector {}, skipped",
+                    st,
+                    cur
                 );
             } else {
                 match hp.arch_id() {
                     Some(apic) => push_unique(out, apic),
-                    None => p.log(
-                        Level::Warn,
-                        &[
-                            Part::Str(b"cpuhp: arch ID above 32 bits at selector "),
-                            Part::Dec(cur.into()),
-                            Part::Str(b", skipped"),
-                        ],
+                    None => smm_log!(
+                        h,
+                        Warn,
+                        "cpuhp: arch ID above 32 bits at selector {}, skipped",
+                        cur
                     ),
                 }
             }
         } else if st & cpuhp::STS_FW_REMOVE != 0 {
-            p.log(
-                Level::Warn,
-                &[
-                    Part::Str(b"cpuhp: eject request for selector "),
-                    Part::Dec(cur.into()),
-                    Part::Str(b" ignored: hot-unplug is not serviced by this handler"),
-                ],
-            );
+            smm_log!(h, Warn, "cpuhp: eject request for selector {} ignored: hot-unplug is not serviced by this handler", cur);
         } else if st & cpuhp::STS_REMOVE == 0 {
             break;
         }
@@ -171,280 +133,237 @@ fn push_unique(v: &mut heapless::Vec<u32, MAX_BATCH>, apic: u32) {
 }
 
 /// Validate a candidate APIC ID (R6); logs why it is skipped.
-fn acceptable<P: Platform + ?Sized>(p: &P, apic: u32) -> bool {
-    let why: &[u8] = if apic >= 256 {
-        b" does not fit xAPIC, skipped"
-    } else if !p.is_possible_apic(apic) {
-        b" is not a possible CPU, skipped"
-    } else if p.slots().slot_of(apic, p.slot_count()).is_some() {
-        return false; // already known: the idempotent case (edk2 020bb4b46d), quietly
+fn acceptable<H: Host + ?Sized>(h: &H, apic: u32) -> bool {
+    let d = h.data();
+    if apic >= 256 {
+        smm_log!(h, Warn, "APIC ID {} does not fit xAPIC, skipped", apic);
+    } else if !d.is_possible(apic) {
+        smm_log!(h, Warn, "APIC ID {} is not a possible CPU, skipped", apic);
     } else {
-        return true;
-    };
-    p.log(
-        Level::Warn,
-        &[
-            Part::Str(b"APIC ID "),
-            Part::Dec(apic.into()),
-            Part::Str(why),
-        ],
-    );
+        // Already known is the idempotent case (edk2 020bb4b46d): skipped quietly.
+        return d.slots.slot_of(apic, d.slot_count()).is_none();
+    }
     false
 }
 
 /// Service APMC 4. Idempotent: with nothing pending it changes nothing (R10).
-pub fn service<P: Platform + ?Sized>(p: &P) -> Summary {
+pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
     let mut s = Summary::default();
-    if p.slots().is_stopped() {
-        p.log(
-            Level::Debug,
-            &[Part::Str(
-                b"APMC 4 ignored: CPU hot-add stopped after a stuck relocation",
-            )],
+    if h.data().slots.is_stopped() {
+        smm_log!(
+            h,
+            Debug,
+            "APMC 4 ignored: CPU hot-add stopped after a stuck relocation"
         );
         return s;
     }
     let mut cands: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
-    s.inserts = scan_inserts(p, &mut cands);
-    // Stragglers: CPUs that arrived in the first-SMI handler earlier and were never
-    // relocated (their insert event is gone): found through the arrival marks.
-    for apic in 0..256u32 {
-        if p.window().arrived(apic) != 0 && p.is_possible_apic(apic) {
-            push_unique(&mut cands, apic);
-        }
-    }
-    cands.retain(|&a| acceptable(p, a));
+    s.inserts = scan_inserts(h, &mut cands);
+    add_stragglers(h, &mut cands);
+    cands.retain(|&a| acceptable(h, a));
     if cands.is_empty() {
         if s.inserts > 0 {
-            p.log(
-                Level::Debug,
-                &[
-                    Part::Str(b"APMC 4: "),
-                    Part::Dec(s.inserts.into()),
-                    Part::Str(b" insert event(s), all CPUs already known"),
-                ],
+            smm_log!(
+                h,
+                Debug,
+                "APMC 4: {} insert event(s), all CPUs already known",
+                s.inserts
             );
         }
         return s;
     }
-    p.log(
-        Level::Info,
-        &[
-            Part::Str(b"APMC 4: "),
-            Part::Dec(cands.len() as u64),
-            Part::Str(b" new CPU(s) to relocate"),
-        ],
-    );
-
-    // Arrival barrier: no SMI may still be on its way to a default-SMBASE CPU while the
-    // gate is open (ERRATA E01), so everyone must have arrived, or be cancelled, first.
-    let w = p.window();
-    let all_arrived = |c: &heapless::Vec<u32, MAX_BATCH>| c.iter().all(|&a| w.arrived(a) != 0);
-    if !wait(p, T_ARRIVE_US, || all_arrived(&cands)) {
-        for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
-            // Plugged just after the broadcast (edk2 cbccf99592): a directed SMI.
-            p.send_ipi(a, lapic::ICR_SMI);
-        }
-        if !wait(p, T_SMI_IPI_US, || all_arrived(&cands)) {
-            for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
-                // Cancel whatever SMI is still outstanding (TCG: INIT discards it) and, on
-                // KVM semantics, let a latched SMI be taken at the pen. Never sent to a
-                // CPU that arrived (R13).
-                let vec = w.pen_base() >> 12;
-                p.send_ipi(a, lapic::ICR_INIT);
-                delay(p, 10_000);
-                p.send_ipi(a, lapic::ICR_STARTUP | vec);
-                delay(p, 200);
-                p.send_ipi(a, lapic::ICR_STARTUP | vec);
-            }
-            let _ = wait(p, T_INIT_US, || all_arrived(&cands));
-        }
-        let before = cands.len();
-        cands.retain(|&a| {
-            let ok = w.arrived(a) != 0;
-            if !ok {
-                p.log(
-                    Level::Warn,
-                    &[
-                        Part::Str(b"APIC ID "),
-                        Part::Dec(a.into()),
-                        Part::Str(
-                            b" never arrived in the first-SMI handler; left at the default SMBASE",
-                        ),
-                    ],
-                );
-            }
-            ok
-        });
-        s.skipped += (before - cands.len()) as u32;
-        w.reset_pen();
-    }
-
+    smm_log!(h, Info, "APMC 4: {} new CPU(s) to relocate", cands.len());
+    s.skipped += arrival_barrier(h, &mut cands);
     for &apic in cands.iter() {
-        match relocate(p, apic, &mut s) {
-            Step::Next => {}
-            Step::Stop => break,
+        if relocate(h, apic, &mut s) == Step::Stop {
+            break;
         }
     }
     s
 }
 
-fn relocate<P: Platform + ?Sized>(p: &P, apic: u32, s: &mut Summary) -> Step {
-    let slots = p.slots();
-    let Some(n) = slots.first_free(p.slot_count()) else {
-        p.log(
-            Level::Warn,
-            &[
-                Part::Str(b"no free SMM slot for APIC ID "),
-                Part::Dec(apic.into()),
-                Part::Str(b": it waits at the closed gate in locked SMRAM"),
-            ],
+/// Stragglers: CPUs that arrived in the first-SMI handler earlier and were never
+/// relocated (their insert event is gone), found through the arrival marks.
+fn add_stragglers<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BATCH>) {
+    let (w, d) = (h.window(), h.data());
+    for apic in 0..crate::layout::ARRIVED_ENTRIES as u32 {
+        if w.arrived(apic) != 0 && d.is_possible(apic) {
+            push_unique(cands, apic);
+        }
+    }
+}
+
+/// The arrival barrier: no SMI may still be on its way to a default-SMBASE CPU while the
+/// gate is open (`docs/qemu.md`), so every candidate must have arrived, or be cancelled,
+/// first. Removes the ones that never arrived and returns how many.
+fn arrival_barrier<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
+    let w = h.window();
+    let all_arrived = |c: &heapless::Vec<u32, MAX_BATCH>| c.iter().all(|&a| w.arrived(a) != 0);
+    if wait(h, T_ARRIVE_US, || all_arrived(cands)) {
+        return 0;
+    }
+    for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
+        // Plugged just after the broadcast (edk2 cbccf99592): a directed SMI.
+        h.send_ipi(a, lapic::ICR_SMI);
+    }
+    if !wait(h, T_SMI_IPI_US, || all_arrived(cands)) {
+        for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
+            // Cancel whatever SMI is still outstanding (TCG: INIT discards it) and, on
+            // KVM semantics, let a latched SMI be taken at the pen. Never sent to a CPU
+            // that arrived (R13).
+            let vec = crate::layout::window::PEN.base >> 12;
+            h.send_ipi(a, lapic::ICR_INIT);
+            delay(h, 10_000);
+            h.send_ipi(a, lapic::ICR_STARTUP | vec);
+            delay(h, 200);
+            h.send_ipi(a, lapic::ICR_STARTUP | vec);
+        }
+        let _ = wait(h, T_INIT_US, || all_arrived(cands));
+    }
+    let before = cands.len();
+    cands.retain(|&a| {
+        let ok = w.arrived(a) != 0;
+        if !ok {
+            smm_log!(
+                h,
+                Warn,
+                "APIC ID {} never arrived in the first-SMI handler; left at the default SMBASE",
+                a
+            );
+        }
+        ok
+    });
+    w.reset_pen();
+    (before - cands.len()) as u32
+}
+
+/// Relocate one arrived CPU into the first free slot (`docs/protocol.md#relocation-step-by-step`).
+fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
+    let d = h.data();
+    let Some(n) = d.slots.first_free(d.slot_count()) else {
+        smm_log!(
+            h,
+            Warn,
+            "no free SMM slot for APIC ID {}: it waits at the closed gate in locked SMRAM",
+            apic
         );
         s.skipped += 1;
         return Step::Next;
     };
-    let Some(smbase) = p.slot_smbase(n) else {
+    let Some(smbase) = d.slot_smbase(n) else {
         s.skipped += 1;
         return Step::Next;
     };
-    let t0 = p.now_us();
-    let w = p.window();
+    let t0 = h.now_us();
+    let w = h.window();
     // Publish the mapping before the CPU can take an SMI at its new SMBASE.
-    slots.set(n, slots::RELOCATING, apic);
-    p.set_route(n, Some(apic));
+    d.slots.set(n, slots::RELOCATING, apic);
+    d.set_route(n, Some(apic));
     w.reset_pen();
     w.clear_about_to_leave();
     w.set_new_smbase(smbase);
-    if !w.gate_cas(crate::first_smi::GATE_CLOSED, u64::from(apic)) {
-        p.log(
-            Level::Error,
-            &[Part::Str(
-                b"gate was not closed: CPU hot-add stopped until reset",
-            )],
+    if !w.gate_cas(GATE_CLOSED, u64::from(apic)) {
+        smm_log!(
+            h,
+            Error,
+            "gate was not closed: CPU hot-add stopped until reset"
         );
-        undo(p, n);
-        slots.stop();
+        undo(h, n);
+        d.slots.stop();
         return Step::Stop;
     }
-    if !wait(p, T_LEAVE_US, || w.about_to_leave() != 0) {
-        if w.gate_cas(u64::from(apic), crate::first_smi::GATE_CLOSED) {
-            // It never took the gate: nothing happened to it.
-            undo(p, n);
-            w.clear_arrived(apic);
-            p.log(
-                Level::Warn,
-                &[
-                    Part::Str(b"APIC ID "),
-                    Part::Dec(apic.into()),
-                    Part::Str(b" did not take the gate; slot "),
-                    Part::Dec(n as u64),
-                    Part::Str(b" freed"),
-                ],
-            );
-            s.skipped += 1;
-            return Step::Next;
-        }
-        slots.set(n, slots::QUARANTINED, apic);
-        p.log(
-            Level::Error,
-            &[
-                Part::Str(b"APIC ID "),
-                Part::Dec(apic.into()),
-                Part::Str(b" stuck inside the first-SMI handler; slot "),
-                Part::Dec(n as u64),
-                Part::Str(b" quarantined; CPU hot-add stopped until reset"),
-            ],
-        );
-        // A slow CPU may still read `new_smbase` or write the shared save area: never
-        // open the gate again (a second CPU could get the same SMBASE).
-        slots.stop();
-        s.quarantined += 1;
-        return Step::Stop;
+    if !wait(h, T_LEAVE_US, || w.about_to_leave() != 0) {
+        return gate_timeout(h, apic, n, s);
     }
     // Only now look at the OS-writable pen byte (R4).
-    if !wait(p, T_PEN_US, || w.pen_signal() != 0) {
-        slots.set(n, slots::QUARANTINED, apic);
-        p.log(
-            Level::Error,
-            &[
-                Part::Str(b"APIC ID "),
-                Part::Dec(apic.into()),
-                Part::Str(b" never reached the pen; slot "),
-                Part::Dec(n as u64),
-                Part::Str(b" quarantined"),
-            ],
+    if !wait(h, T_PEN_US, || w.pen_signal() != 0) {
+        d.slots.set(n, slots::QUARANTINED, apic);
+        smm_log!(
+            h,
+            Error,
+            "APIC ID {} never reached the pen; slot {} quarantined",
+            apic,
+            n
         );
         s.quarantined += 1;
         return Step::Stop;
     }
-    slots.set(n, slots::ACTIVE, apic);
+    d.slots.set(n, slots::ACTIVE, apic);
     w.clear_arrived(apic);
     s.relocated += 1;
-    let us = p.now_us().wrapping_sub(t0);
-    p.log(
-        Level::Info,
-        &[
-            Part::Str(b"relocated APIC ID "),
-            Part::Dec(apic.into()),
-            Part::Str(b" to slot "),
-            Part::Dec(n as u64),
-            Part::Str(b" SMBASE "),
-            Part::Hex(smbase.into()),
-            Part::Str(b" in "),
-            Part::Dec(us),
-            Part::Str(b" us"),
-        ],
+    let us = h.now_us().wrapping_sub(t0);
+    smm_log!(
+        h,
+        Info,
+        "relocated APIC ID {} to slot {} SMBASE {:#x} in {} us",
+        apic,
+        n,
+        smbase,
+        us
     );
     Step::Next
 }
 
-fn undo<P: Platform + ?Sized>(p: &P, n: usize) {
-    p.set_route(n, None);
-    p.slots().set(n, slots::FREE, slots::NO_APIC);
+/// The admitted CPU never said it is leaving: undo if it never took the gate, else
+/// quarantine its slot and stop hot-add (a slow CPU may still read `new_smbase` or write
+/// the shared save area, so the gate must never open again: R11).
+fn gate_timeout<H: Host + ?Sized>(h: &H, apic: u32, n: usize, s: &mut Summary) -> Step {
+    let (w, d) = (h.window(), h.data());
+    if w.gate_cas(u64::from(apic), GATE_CLOSED) {
+        undo(h, n);
+        w.clear_arrived(apic);
+        smm_log!(
+            h,
+            Warn,
+            "APIC ID {} did not take the gate; slot {} freed",
+            apic,
+            n
+        );
+        s.skipped += 1;
+        return Step::Next;
+    }
+    d.slots.set(n, slots::QUARANTINED, apic);
+    smm_log!(h, Error, "APIC ID {} stuck inside the first-SMI handler; slot {} quarantined; CPU hot-add stopped until reset", apic, n);
+    d.slots.stop();
+    s.quarantined += 1;
+    Step::Stop
 }
 
-/// The monarch was lost mid-service: under QEMU TCG an INIT resets a CPU even inside
-/// SMM (spec 6.4 T2), e.g. when the OS starts a CPU that had taken a late SMI and was
+fn undo<H: Host + ?Sized>(h: &H, n: usize) {
+    let d = h.data();
+    d.set_route(n, None);
+    d.slots.set(n, slots::FREE, slots::NO_APIC);
+}
+
+/// The monarch was lost mid-service: under QEMU TCG an INIT resets a CPU even inside SMM
+/// (`docs/qemu.md#t2`), e.g. when the OS starts a CPU that had taken a late SMI and was
 /// re-running this handler. Call with the host's SMI lock recovered, before the next
 /// service. A relocation that was in flight is finished like a timeout: undone if its
 /// CPU never took the gate, else its slot is quarantined and hot-add stops (fail closed).
-pub fn recover_lost_monarch<P: Platform + ?Sized>(p: &P) {
-    let slots = p.slots();
-    let w = p.window();
-    for n in 0..p.slot_count() {
-        if slots.state(n) != slots::RELOCATING {
+pub fn recover_lost_monarch<H: Host + ?Sized>(h: &H) {
+    let (w, d) = (h.window(), h.data());
+    for n in 0..d.slot_count() {
+        if d.slots.state(n) != slots::RELOCATING {
             continue;
         }
-        let apic = slots.apic(n);
-        if w.gate_cas(u64::from(apic), crate::first_smi::GATE_CLOSED) {
-            undo(p, n);
-            p.log(
-                Level::Warn,
-                &[
-                    Part::Str(b"lost monarch: relocation of APIC ID "),
-                    Part::Dec(apic.into()),
-                    Part::Str(b" undone, slot "),
-                    Part::Dec(n as u64),
-                    Part::Str(b" freed"),
-                ],
+        let apic = d.slots.apic(n);
+        if w.gate_cas(u64::from(apic), GATE_CLOSED) {
+            undo(h, n);
+            smm_log!(
+                h,
+                Warn,
+                "lost monarch: relocation of APIC ID {} undone, slot {} freed",
+                apic,
+                n
             );
         } else if w.about_to_leave() != 0 && w.pen_signal() != 0 {
             // It finished: the monarch died after the CPU reached the pen.
-            slots.set(n, slots::ACTIVE, apic);
+            d.slots.set(n, slots::ACTIVE, apic);
             w.clear_arrived(apic);
         } else {
-            slots.set(n, slots::QUARANTINED, apic);
-            slots.stop();
-            p.log(
-                Level::Error,
-                &[
-                    Part::Str(b"lost monarch during the relocation of APIC ID "),
-                    Part::Dec(apic.into()),
-                    Part::Str(b"; slot "),
-                    Part::Dec(n as u64),
-                    Part::Str(b" quarantined; CPU hot-add stopped until reset"),
-                ],
-            );
+            d.slots.set(n, slots::QUARANTINED, apic);
+            d.slots.stop();
+            smm_log!(h, Error, "lost monarch during the relocation of APIC ID {}; slot {} quarantined; CPU hot-add stopped until reset", apic, n);
         }
     }
 }

@@ -5,19 +5,26 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::params::MAX_SLOTS;
+/// Most SMM slots (possible CPUs) a host lays out.
+pub const MAX_SLOTS: usize = 64;
 
+/// No CPU uses the slot.
 pub const FREE: u32 = 0;
+/// The slot serves its APIC ID's SMIs.
 pub const ACTIVE: u32 = 1;
 /// The slot's CPU is being relocated: at its new SMBASE it must return at once (R12).
 pub const RELOCATING: u32 = 2;
 /// Something went wrong mid-relocation: never reuse (R7).
 pub const QUARANTINED: u32 = 3;
+/// The APIC ID of a slot that serves no CPU.
 pub const NO_APIC: u32 = u32::MAX;
 
+/// The slot table, in SMRAM.
 #[repr(C)]
 pub struct Slots {
+    /// State of each slot ([`FREE`], [`ACTIVE`], [`RELOCATING`], [`QUARANTINED`]).
     pub state: [AtomicU32; MAX_SLOTS],
+    /// The APIC ID each slot serves ([`NO_APIC`] when free).
     pub apic: [AtomicU32; MAX_SLOTS],
     /// Non-zero once a CPU was left inside the first-SMI handler's critical section (or
     /// the gate was found open): the shared context and save area may still be in use,
@@ -26,29 +33,30 @@ pub struct Slots {
 }
 
 impl Slots {
-    #[allow(clippy::declare_interior_mutable_const)]
+    /// Every slot free.
     pub const fn new() -> Self {
-        const F: AtomicU32 = AtomicU32::new(FREE);
-        const N: AtomicU32 = AtomicU32::new(NO_APIC);
         Self {
-            state: [F; MAX_SLOTS],
-            apic: [N; MAX_SLOTS],
+            state: [const { AtomicU32::new(FREE) }; MAX_SLOTS],
+            apic: [const { AtomicU32::new(NO_APIC) }; MAX_SLOTS],
             stopped: AtomicU32::new(0),
         }
     }
 
+    /// State of `slot` (QUARANTINED beyond the table, so nothing uses it).
     pub fn state(&self, slot: usize) -> u32 {
         self.state
             .get(slot)
             .map_or(QUARANTINED, |s| s.load(Ordering::SeqCst))
     }
 
+    /// The APIC ID `slot` serves.
     pub fn apic(&self, slot: usize) -> u32 {
         self.apic
             .get(slot)
             .map_or(NO_APIC, |s| s.load(Ordering::SeqCst))
     }
 
+    /// Publish `state` and `apic` for `slot` (no effect beyond the table).
     pub fn set(&self, slot: usize, state: u32, apic: u32) {
         if let (Some(s), Some(a)) = (self.state.get(slot), self.apic.get(slot)) {
             // APIC first: a reader that sees the new state also sees its APIC ID.
@@ -62,14 +70,17 @@ impl Slots {
         (0..count.min(MAX_SLOTS)).find(|&i| self.state(i) != FREE && self.apic(i) == apic)
     }
 
+    /// Stop CPU hot-add until reset.
     pub fn stop(&self) {
         self.stopped.store(1, Ordering::SeqCst);
     }
 
+    /// Whether CPU hot-add was stopped.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst) != 0
     }
 
+    /// The lowest free slot among the first `count`.
     pub fn first_free(&self, count: usize) -> Option<usize> {
         (0..count.min(MAX_SLOTS)).find(|&i| self.state(i) == FREE)
     }

@@ -5,11 +5,12 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Behaviour, Machine, HP_BASE, HP_LEN};
+use common::{Behaviour, Machine, HP_BASE, HP_LEN, NO_ID};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use q35_sim::CpuEvents;
-use smm_handler::hotplug::{self, Platform, MAX_BATCH};
+use smm_handler::host::Host;
+use smm_handler::hotplug::{self, MAX_BATCH};
 use smm_handler::slots::{ACTIVE, QUARANTINED};
 
 fn behaviour() -> impl Strategy<Value = Behaviour> {
@@ -21,17 +22,18 @@ fn behaviour() -> impl Strategy<Value = Behaviour> {
     ]
 }
 
-/// (arch IDs in selector order, possible-APIC-ID set recorded at boot).
+/// (arch IDs in selector order, possible APIC IDs recorded at boot by selector).
 fn topology(i: usize) -> (Vec<u64>, Vec<u32>) {
     match i {
         0 => ((0..6).collect(), (0..6).collect()),
         // Holes in the APIC IDs (e.g. threads per core rounded up).
         1 => (vec![0, 1, 2, 4, 5, 6, 8], vec![0, 1, 2, 4, 5, 6, 8]),
         // A block that disagrees with boot: 77 is not possible, 300 does not fit xAPIC,
-        // selector 5's arch ID has a high dword (its low dword 3 is possible).
+        // selector 5's arch ID has a high dword (its low dword 3 is possible; boot
+        // recorded no usable ID for selector 5).
         _ => (
             vec![0, 1, 2, 77, 300, 0x1_0000_0003, 5],
-            vec![0, 1, 2, 3, 300, 5],
+            vec![0, 1, 2, 3, 300, NO_ID, 5],
         ),
     }
 }
@@ -164,7 +166,7 @@ proptest! {
     ) {
         let (ids, possible) = topology(topo);
         let n = ids.len();
-        let m = Machine::new(&ids, &[0], n).with_possible(&possible);
+        let mut m = Machine::new(&ids, &[0], n).with_possible(&possible);
         for (sel, b) in plugged {
             if m.sim().plug_cpu(sel % n).is_ok() {
                 m.add_cpu(sel % n, b);
@@ -173,7 +175,7 @@ proptest! {
         if let Some(c) = possible_count {
             m.set_possible_count(c);
         }
-        let bound = u64::from(m.possible_count());
+        let bound = u64::from(m.data().possible_count());
         let mut i = 0usize;
         m.ports.set_read_hook(move |_, port, _, _| {
             debug_assert!((HP_BASE..HP_BASE + HP_LEN).contains(&port));

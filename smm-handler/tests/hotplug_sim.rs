@@ -9,12 +9,12 @@ use common::{init_sipi, Behaviour, CpuState, Ev, Machine, DEFAULT_SMBASE, HP_BAS
 use q35::cpuhp::OFF_DATA;
 use q35::lapic::ICR_SMI;
 use q35_sim::CpuEvents;
-use smm_handler::first_smi::GATE_CLOSED;
+use smm_handler::host::Host;
 use smm_handler::hotplug::{
     self, Summary, MAX_BATCH, T_ARRIVE_US, T_INIT_US, T_LEAVE_US, T_PEN_US, T_SMI_IPI_US,
 };
-use smm_handler::params::MAX_SLOTS;
-use smm_handler::slots::{self, Slots, ACTIVE, FREE, NO_APIC, QUARANTINED, RELOCATING};
+use smm_handler::layout::GATE_CLOSED;
+use smm_handler::slots::{self, Slots, ACTIVE, FREE, MAX_SLOTS, NO_APIC, QUARANTINED, RELOCATING};
 
 fn no_quarantine() -> BTreeSet<usize> {
     BTreeSet::new()
@@ -221,8 +221,7 @@ fn assert_untouched(m: &Machine, s: Summary) {
 }
 
 fn hotplug_possible(m: &Machine) -> u32 {
-    use smm_handler::hotplug::Platform;
-    m.possible_count()
+    m.data().possible_count()
 }
 
 #[test]
@@ -385,12 +384,14 @@ fn a_selector_reported_below_the_current_one_ends_the_scan() {
 
 #[test]
 fn the_scan_is_bounded_by_the_possible_count_even_if_every_slot_has_an_event() {
-    let m = Machine::dense(8, 8);
+    let mut m = Machine::dense(8, 8);
     for sel in 1..8 {
         m.sim().set_cpu_events(sel, insert_only()).unwrap();
     }
-    // Report fewer possible CPUs than the block has: the scan must not look past them.
+    // Boot recorded fewer possible CPUs than the block has (the possible list is cut to
+    // selectors 0..3): the scan must not look past them.
     m.set_possible_count(4);
+    assert_eq!(hotplug_possible(&m), 4);
     let mut found = heapless::Vec::<u32, MAX_BATCH>::new();
     let inserts = hotplug::scan_inserts(&m, &mut found);
     assert_eq!(inserts, 3, "selectors 1..3 only");
@@ -499,7 +500,7 @@ fn init_is_never_sent_to_a_cpu_that_arrived() {
 #[test]
 fn an_smi_still_on_its_way_when_init_is_sent_is_cancelled_and_the_cpu_recovered_later() {
     // A slow vCPU: its SMI IPI would land after the INIT (TCG: INIT discards it), i.e.
-    // never while a gate is open (spec 6.4 Review note). The next SMI picks it up.
+    // never while a gate is open (`docs/qemu.md`). The next SMI picks it up.
     let m = Machine::dense(3, 3);
     m.hot_add(1, Behaviour::AfterSmiIpi);
     m.set_smi_delay(1, 500);
@@ -759,7 +760,7 @@ fn must_return_early_is_true_only_for_relocating_slots() {
 #[test]
 fn a_cpu_leaving_smm_finds_its_slot_relocating_and_returns_early() {
     // The simulated CPU checks at its RSM that its slot is RELOCATING for it and that
-    // must_return_early says so (spec 6.4 T3); the slot is ACTIVE only afterwards.
+    // must_return_early says so (R12, R15); the slot is ACTIVE only afterwards.
     let m = Machine::dense(3, 3);
     m.hot_add(1, Behaviour::Broadcast);
     m.hot_add(2, Behaviour::NoPen);

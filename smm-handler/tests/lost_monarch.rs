@@ -4,8 +4,9 @@
 mod common;
 
 use common::Machine;
-use smm_handler::first_smi::GATE_CLOSED;
-use smm_handler::hotplug::{self, Window};
+use smm_handler::first_smi::Window;
+use smm_handler::hotplug;
+use smm_handler::layout::GATE_CLOSED;
 use smm_handler::slots::{FREE, NO_APIC, QUARANTINED, RELOCATING};
 
 #[test]

@@ -23,6 +23,7 @@ pub const EXIT_FAIL: i32 = 35;
 /// The host ROM stopped the boot (0x12).
 pub const EXIT_FIRMWARE_FATAL: i32 = 37;
 
+/// The workspace root (where `build/` and `scripts/` are).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -139,15 +140,20 @@ pub fn images() -> (PathBuf, PathBuf) {
 pub struct VmConfig {
     /// The `-smp` argument, e.g. `2,maxcpus=4`.
     pub smp: String,
+    /// Guest RAM in MiB (`-m`).
     pub mem_mb: u32,
+    /// More QEMU arguments.
     pub extra: Vec<String>,
+    /// Open a QMP socket.
     pub qmp: bool,
+    /// The `-bios` image (default: [`images`]).
     pub bios: Option<PathBuf>,
     /// `smm=on` (default); `false` only for the no-SMM benchmark baseline.
     pub smm: bool,
 }
 
 impl VmConfig {
+    /// A VM with `-smp smp`, 256 MiB, SMM on, the default ROM.
     pub fn new(smp: &str) -> Self {
         Self {
             smp: smp.into(),
@@ -159,11 +165,13 @@ impl VmConfig {
         }
     }
 
+    /// Add one QEMU argument.
     pub fn arg(mut self, a: &str) -> Self {
         self.extra.push(a.into());
         self
     }
 
+    /// Open a QMP socket.
     pub fn with_qmp(mut self) -> Self {
         self.qmp = true;
         self
@@ -174,7 +182,9 @@ impl VmConfig {
 pub struct Vm {
     child: Child,
     serial: PathBuf,
+    /// The QMP connection, when asked for.
     pub qmp: Option<qmp::Qmp>,
+    /// When QEMU was started.
     pub started: Instant,
     _dir: tempfile::TempDir,
     stderr_path: PathBuf,
@@ -183,14 +193,20 @@ pub struct Vm {
 /// How a run ended.
 #[derive(Debug)]
 pub struct Outcome {
+    /// QEMU's exit status (`None` if it could not be collected).
     pub status: Option<ExitStatus>,
+    /// The serial console.
     pub output: String,
+    /// QEMU's stderr.
     pub stderr: String,
+    /// Whether the run was killed at its deadline.
     pub timed_out: bool,
+    /// Time from start to exit.
     pub elapsed: Duration,
 }
 
 impl Outcome {
+    /// QEMU's exit code.
     pub fn code(&self) -> Option<i32> {
         self.status.and_then(|s| s.code())
     }
@@ -213,6 +229,7 @@ impl Outcome {
 }
 
 impl Vm {
+    /// Start QEMU as `cfg` says (and connect QMP when asked).
     pub fn start(cfg: &VmConfig) -> Result<Vm, String> {
         let qemu = qemu_binary()?;
         let bios = match &cfg.bios {
@@ -274,6 +291,7 @@ impl Vm {
         Ok(vm)
     }
 
+    /// The serial console so far.
     pub fn output(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.serial) {
@@ -284,6 +302,7 @@ impl Vm {
         s
     }
 
+    /// QEMU's stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }

@@ -7,9 +7,11 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// A QMP connection.
 pub struct Qmp {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
+    /// Asynchronous events received so far.
     pub events: Vec<Value>,
 }
 

@@ -220,7 +220,7 @@ fn without_the_default_smbase_lock_the_same_attack_leaks_smram() {
 fn a_sipi_to_planted_code_while_the_new_cpu_waits_at_the_gate_never_runs_it_in_smm() {
     // Authoritative only on a QEMU with the fix "i386/cpu: Prevent delivering SIPI during
     // SMM in TCG mode" (Debian's 7.2.22 has it). QEMU 10.0.2 has the SIPI-in-SMM defect
-    // (spec 9 review note): the first-SMI handler's self-SIPI narrows it, but an OS SIPI
+    // (`docs/security.md#platform-precondition`): the first-SMI handler's self-SIPI narrows it, but an OS SIPI
     // that lands before the self-SIPI still wins. There the outcome is reported, not
     // asserted.
     if !qemu_fixes_sipi_in_smm() {

@@ -33,29 +33,31 @@ fn coreboot_smm_object_is_free_of_sse_panics_and_bad_relocations() {
     check("build/smm-handler-coreboot.o");
 }
 
-#[test]
-fn the_first_smi_handler_blob_has_no_stack_use_or_faulting_instructions() {
+/// Decode one 16-bit blob of the host ROM's boot ELF (between two symbols), as it runs at
+/// the default-SMBASE entry point, and reject stack use and faulting instructions (R16).
+fn check_default_smbase_blob(start_sym: &str, end_sym: &str, min_instructions: usize) {
     use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+    use object::{Object, ObjectSymbol};
     images();
-    // The blob is assembled into smm-handler; find it in the host ROM's boot ELF.
+    // The blobs are assembled into smm-handler; find them in the host ROM's boot ELF.
     let elf = std::fs::read(workspace_root().join("build/host-rom-boot.elf")).unwrap();
     let file = object::File::parse(&*elf).unwrap();
-    use object::{Object, ObjectSymbol};
     let sym = |n: &str| {
         file.symbols()
             .find(|s| s.name() == Ok(n))
             .map(|s| s.address())
             .expect(n)
     };
-    let (start, end) = (sym("first_smi_handler_start"), sym("first_smi_handler_end"));
+    let (start, end) = (sym(start_sym), sym(end_sym));
     let bytes = read_at(&file, start, (end - start) as usize);
-    let mut d = Decoder::with_ip(16, &bytes, 0x38000, DecoderOptions::NONE);
+    let entry = u64::from(smm_handler::layout::window::HANDLER.base);
+    let mut d = Decoder::with_ip(16, &bytes, entry, DecoderOptions::NONE);
     let mut n = 0;
     for ins in &mut d {
         n += 1;
         assert!(
             !ins.is_invalid(),
-            "undecodable byte in the first-SMI handler at {:#x}",
+            "undecodable byte in {start_sym} at {:#x}",
             ins.ip()
         );
         let forbidden = matches!(
@@ -73,12 +75,25 @@ fn the_first_smi_handler_blob_has_no_stack_use_or_faulting_instructions() {
         ) || ins.is_stack_instruction();
         assert!(
             !forbidden,
-            "{:?} at {:#x} in the first-SMI handler",
+            "{:?} at {:#x} in {start_sym}",
             ins.mnemonic(),
             ins.ip()
         );
     }
-    assert!(n > 50, "only {n} instructions decoded");
+    assert!(
+        n > min_instructions,
+        "only {n} instructions decoded in {start_sym}"
+    );
+}
+
+#[test]
+fn the_first_smi_handler_blob_has_no_stack_use_or_faulting_instructions() {
+    check_default_smbase_blob("first_smi_handler_start", "first_smi_handler_end", 50);
+}
+
+#[test]
+fn the_boot_relocation_stub_has_no_stack_use_or_faulting_instructions() {
+    check_default_smbase_blob("boot_reloc_stub_start", "boot_reloc_stub_end", 15);
 }
 
 fn read_at(file: &object::File, addr: u64, len: usize) -> Vec<u8> {

@@ -15,9 +15,9 @@
 #define CPU_HOTPLUG_RESERVED_BASE 0x30000
 #define CPU_HOTPLUG_RESERVED_SIZE 0x21000
 
-static void console_write(const uint8_t *buf, size_t len)
+static void console_write(uint32_t level, const uint8_t *buf, size_t len)
 {
-	printk(BIOS_INFO, "%.*s", (int)len, (const char *)buf);
+	printk(rust_cpu_hotplug_bios_level(level), "%.*s", (int)len, (const char *)buf);
 }
 
 void cpu_hotplug_pre_mp_init(void)
@@ -40,7 +40,7 @@ int cpu_hotplug_possible_cpus(void)
 void cpu_hotplug_post_mp_init(void)
 {
 	uint16_t *table = smm_stub_live_params ? smm_stub_live_params->apic_id_to_cpu : NULL;
-	int ret = rust_cpu_hotplug_post_mp_init(table, console_write);
+	int ret = rust_cpu_hotplug_post_mp_init(table, RUST_LOG_INFO, console_write);
 	if (ret < 0)
 		die("CPU hotplug: locking SMRAM at the default SMBASE failed (%d)\n", ret);
 }

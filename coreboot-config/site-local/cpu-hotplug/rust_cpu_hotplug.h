@@ -1,18 +1,25 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
-/* The C ABI of the Rust CPU hotplug object (coreboot-smm crate). */
+/* The C ABI of the Rust CPU hotplug object (the coreboot-smm crate). */
 
 #ifndef RUST_CPU_HOTPLUG_H
 #define RUST_CPU_HOTPLUG_H
 
+#include <console/console.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define APM_CNT_CPU_HOTPLUG 0x04
-#define RUST_CPU_HOTPLUG_ENV_VERSION 2
+#define RUST_CPU_HOTPLUG_ENV_VERSION 3
 
-typedef void (*rust_console_write_fn)(const uint8_t *buf, size_t len);
+/* Rust log levels (smm_handler::log::Level). */
+#define RUST_LOG_ERROR 1
+#define RUST_LOG_WARN 2
+#define RUST_LOG_INFO 3
+#define RUST_LOG_DEBUG 4
 
-/* Mirrors coreboot_smm::Env. */
+typedef void (*rust_console_write_fn)(uint32_t level, const uint8_t *buf, size_t len);
+
+/* Mirrors coreboot_smm::Env, whose size and offsets are asserted on the Rust side too. */
 struct rust_cpu_hotplug_env {
 	uint32_t version;
 	uint32_t slot_count;
@@ -21,6 +28,27 @@ struct rust_cpu_hotplug_env {
 	const uint32_t *slot_smbase;
 	rust_console_write_fn console_write;
 };
+
+_Static_assert(sizeof(struct rust_cpu_hotplug_env) == 32, "rust_cpu_hotplug_env size");
+_Static_assert(offsetof(struct rust_cpu_hotplug_env, slot_count) == 4, "slot_count offset");
+_Static_assert(offsetof(struct rust_cpu_hotplug_env, log_level) == 8, "log_level offset");
+_Static_assert(offsetof(struct rust_cpu_hotplug_env, slot_smbase) == 16, "slot_smbase offset");
+_Static_assert(offsetof(struct rust_cpu_hotplug_env, console_write) == 24, "console_write offset");
+
+/* coreboot's printk level for a Rust log level. */
+static inline int rust_cpu_hotplug_bios_level(uint32_t level)
+{
+	switch (level) {
+	case RUST_LOG_ERROR:
+		return BIOS_ERR;
+	case RUST_LOG_WARN:
+		return BIOS_WARNING;
+	case RUST_LOG_INFO:
+		return BIOS_INFO;
+	default:
+		return BIOS_DEBUG;
+	}
+}
 
 /* qemu-q35 MP init hooks (ramstage.c), declared again in the qemu-q35 cpu.c patch. */
 void cpu_hotplug_pre_mp_init(void);
@@ -32,7 +60,8 @@ void cpu_hotplug_post_mp_init(void);
 int rust_cpu_hotplug_pre_mp_init(uint32_t max_cpus, rust_console_write_fn console);
 int rust_cpu_hotplug_present_cpus(void);
 int rust_cpu_hotplug_possible_cpus(void);
-int rust_cpu_hotplug_post_mp_init(uint16_t *apic_id_to_cpu, rust_console_write_fn console);
+int rust_cpu_hotplug_post_mp_init(uint16_t *apic_id_to_cpu, uint32_t log_level,
+				  rust_console_write_fn console);
 int rust_cpu_hotplug_smram_locked(void);
 
 /* Rust, smm */

@@ -12,9 +12,9 @@
 
 static uint32_t slot_smbase[CONFIG_MAX_CPUS];
 
-static void console_write(const uint8_t *buf, size_t len)
+static void console_write(uint32_t level, const uint8_t *buf, size_t len)
 {
-	printk(BIOS_INFO, "%.*s", (int)len, (const char *)buf);
+	printk(rust_cpu_hotplug_bios_level(level), "%.*s", (int)len, (const char *)buf);
 }
 
 /* Each slot's save state ends at its SMBASE + 64 KiB. */
@@ -45,7 +45,7 @@ void northbridge_smi_handler(void)
 	const struct rust_cpu_hotplug_env env = {
 		.version = RUST_CPU_HOTPLUG_ENV_VERSION,
 		.slot_count = n,
-		.log_level = 3,
+		.log_level = RUST_LOG_INFO,
 		.slot_smbase = slot_smbase,
 		.console_write = console_write,
 	};

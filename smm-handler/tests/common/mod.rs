@@ -1,6 +1,7 @@
-//! A host simulation of the hot-add path: a fake `Platform` + `Window` over the q35-sim
-//! ports, with a simulated clock, a log collector, an SMM slot table, recorded IPIs and
-//! simulated new CPUs that play the first-SMI handler's side of the protocol (spec 6.4).
+//! A host simulation of the hot-add path: a fake `Host` + `Window` over the q35-sim
+//! ports, with a simulated clock, a log collector, an SMM slot table, a routing table,
+//! recorded IPIs and simulated new CPUs that play the first-SMI handler's side of the
+//! protocol (`docs/protocol.md#relocation-step-by-step`).
 //!
 //! Time only moves when the handler reads the clock: every `now_us` call advances it by
 //! `TICK_US` and lets every simulated CPU take one step. Bounded waits therefore end
@@ -12,27 +13,36 @@
 //! flight (R8), INIT or an SMI IPI sent to a CPU that is marked arrived or inside the
 //! critical section (R13), a CPU admitted without a published RELOCATING mapping for the
 //! SMBASE it was handed, or leaving SMM while that mapping is not (yet) RELOCATING (R12,
-//! R15, spec 6.4 T3).
+//! R15).
 #![allow(dead_code)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use q35::cpuhp::CpuHp;
 use q35::io::PortIo;
 use q35::lapic;
 use q35_sim::Q35Sim;
-use smm_handler::first_smi::{CONTEXT_BASE, GATE_CLOSED, PEN_BASE};
-use smm_handler::hotplug::{self, Platform, Summary, Window};
-use smm_handler::log::{Console, Level, Part};
-use smm_handler::params;
-use smm_handler::slots::{self, Slots};
+use smm_handler::first_smi::Window;
+use smm_handler::host::{Host, HostData, NO_ROUTE};
+use smm_handler::hotplug::{self, Summary};
+use smm_handler::layout::window::PEN;
+use smm_handler::layout::{tseg, GATE_CLOSED};
+use smm_handler::log::{Console, Level};
+use smm_handler::slots::{self, Slots, MAX_SLOTS};
+
+pub use smm_handler::layout::DEFAULT_SMBASE;
 
 /// Simulated microseconds per `now_us` call.
 pub const TICK_US: u64 = 2_000;
-/// SMBASE of slot 0 (slot i is `params::slot_smbase(TOP_SMBASE, i)`).
+/// SMBASE of slot 0 (slot i is `tseg::slot_smbase(TSEG_BASE, i)`).
 pub const TOP_SMBASE: u32 = 0x7F00_0000;
-pub const DEFAULT_SMBASE: u32 = CONTEXT_BASE;
+/// The simulated TSEG base, laid out as the host ROM lays out its TSEG.
+pub const TSEG_BASE: u32 = TOP_SMBASE - tseg::TOP_SMBASE;
+/// A possible-list entry that names no CPU (never a valid xAPIC ID): boot recorded no
+/// 32-bit APIC ID for that selector.
+pub const NO_ID: u32 = u32::MAX;
 /// Steps a cooperative CPU takes between taking the gate and `about_to_leave`, and
 /// between `about_to_leave` and running the pen.
 pub const ADMIT_STEPS: u32 = 2;
@@ -258,10 +268,17 @@ pub struct Machine {
     clock: Cell<u64>,
     now_calls: Cell<u64>,
     pub slots: Slots,
-    slot_count: usize,
-    routes: RefCell<Vec<Option<u32>>>,
+    /// SMBASE of each laid-out slot (its length is the slot count).
+    slot_smbase: Vec<u32>,
+    /// The routing table the handler writes, one entry per laid-out slot ([`NO_ROUTE`] =
+    /// none), as coreboot's `apic_id_to_cpu`.
+    routes: Vec<AtomicU16>,
+    /// The APIC ID of each possible CPU by selector, as recorded at boot: what the
+    /// handler reads (its length bounds the register-block scan).
+    possible_ids: Vec<u32>,
+    /// The possible APIC IDs of the topology (the invariants check slots against them);
+    /// `set_possible_count` changes only `possible_ids`.
     possible: Vec<u32>,
-    possible_count: Cell<u32>,
     /// Slots seeded with boot CPUs.
     pub boot_slots: Vec<usize>,
     /// The OS keeps writing 1 to the pen's signal byte (the pen page is OS-writable, R4).
@@ -274,7 +291,8 @@ pub struct Machine {
 impl Machine {
     /// `arch_ids[i]` is the APIC ID of selector `i`; `boot` the selectors present at
     /// power-on (seeded into slots 0, 1, ... as ACTIVE); `slot_count` SMM slots. The
-    /// possible-APIC-ID set is every arch ID whose high dword is 0.
+    /// possible list has one entry per selector: its arch ID, or [`NO_ID`] where the
+    /// high dword is not 0.
     pub fn new(arch_ids: &[u64], boot: &[usize], slot_count: usize) -> Self {
         let sim = Q35Sim::builder().cpus(arch_ids, boot).build();
         CpuHp::new(&sim)
@@ -282,7 +300,7 @@ impl Machine {
             .expect("modern hotplug interface");
         let possible: Vec<u32> = arch_ids
             .iter()
-            .filter_map(|&a| u32::try_from(a).ok())
+            .map(|&a| u32::try_from(a).unwrap_or(NO_ID))
             .collect();
         let mut m = Self {
             ports: Ports::new(sim),
@@ -290,10 +308,10 @@ impl Machine {
             clock: Cell::new(1_000_000),
             now_calls: Cell::new(0),
             slots: Slots::new(),
-            slot_count,
-            routes: RefCell::new(vec![None; params::MAX_SLOTS]),
+            slot_smbase: (0..slot_count).map(Self::smbase_of_slot).collect(),
+            routes: (0..slot_count).map(|_| AtomicU16::new(NO_ROUTE)).collect(),
+            possible_ids: possible.clone(),
             possible,
-            possible_count: Cell::new(arch_ids.len() as u32),
             boot_slots: Vec::new(),
             os_writes_pen: Cell::new(false),
             pen_faked: Cell::new(false),
@@ -317,7 +335,8 @@ impl Machine {
         for (n, &sel) in boot.iter().enumerate() {
             let apic = arch_ids[sel] as u32;
             m.slots.set(n, slots::ACTIVE, apic);
-            m.routes.borrow_mut()[n] = Some(apic);
+            let route = u16::try_from(apic).expect("boot APIC ID fits the routing table");
+            m.routes[n].store(route, Ordering::SeqCst);
             m.boot_slots.push(n);
         }
         m
@@ -329,13 +348,24 @@ impl Machine {
         Self::new(&ids, &[0], slots)
     }
 
+    /// The possible list recorded at boot, by selector (one entry per selector; [`NO_ID`]
+    /// for a selector without a usable APIC ID).
     pub fn with_possible(mut self, possible: &[u32]) -> Self {
+        assert_eq!(
+            possible.len(),
+            self.arch_ids.len(),
+            "one entry per selector"
+        );
         self.possible = possible.to_vec();
+        self.possible_ids = possible.to_vec();
         self
     }
 
-    pub fn set_possible_count(&self, n: u32) {
-        self.possible_count.set(n);
+    /// Boot recorded `n` possible CPUs, whatever the block has: the possible list is cut
+    /// to its first `n` selectors, or padded with [`NO_ID`] entries that name no CPU.
+    /// The scan bound is the list's length.
+    pub fn set_possible_count(&mut self, n: u32) {
+        self.possible_ids.resize(n as usize, NO_ID);
     }
 
     pub fn sim(&self) -> &Q35Sim {
@@ -343,7 +373,7 @@ impl Machine {
     }
 
     pub fn smbase_of_slot(n: usize) -> u32 {
-        params::slot_smbase(TOP_SMBASE, n as u32)
+        tseg::slot_smbase(TSEG_BASE, n as u32)
     }
 
     // ---- the outside world ----------------------------------------------------------
@@ -540,8 +570,13 @@ impl Machine {
             .expect("simulated CPU")
     }
 
+    /// The APIC ID routed to `slot` (`None`: no route, or beyond the table).
     pub fn route(&self, slot: usize) -> Option<u32> {
-        self.routes.borrow()[slot]
+        self.routes
+            .get(slot)
+            .map(|r| r.load(Ordering::SeqCst))
+            .filter(|&r| r != NO_ROUTE)
+            .map(u32::from)
     }
 
     pub fn slot(&self, n: usize) -> (u32, u32) {
@@ -550,11 +585,11 @@ impl Machine {
 
     /// (state, apic) of every slot laid out.
     pub fn slot_table(&self) -> Vec<(u32, u32)> {
-        (0..self.slot_count).map(|n| self.slot(n)).collect()
+        (0..self.slots_laid_out()).map(|n| self.slot(n)).collect()
     }
 
     pub fn slots_laid_out(&self) -> usize {
-        self.slot_count
+        self.slot_smbase.len()
     }
 
     pub fn possible_set(&self) -> &[u32] {
@@ -562,7 +597,7 @@ impl Machine {
     }
 
     pub fn quarantined(&self) -> BTreeSet<usize> {
-        (0..params::MAX_SLOTS)
+        (0..MAX_SLOTS)
             .filter(|&n| self.slots.state(n) == slots::QUARANTINED)
             .collect()
     }
@@ -572,9 +607,9 @@ impl Machine {
     pub fn broken_invariants(&self, quarantined_before: &BTreeSet<usize>) -> Vec<String> {
         let mut bad = self.violations();
         let mut seen = BTreeSet::new();
-        for n in 0..params::MAX_SLOTS {
+        for n in 0..MAX_SLOTS {
             let (state, apic) = self.slot(n);
-            if n >= self.slot_count && state != slots::FREE {
+            if n >= self.slots_laid_out() && state != slots::FREE {
                 bad.push(format!(
                     "slot {n} beyond the slot count is in state {state}"
                 ));
@@ -628,7 +663,7 @@ impl Machine {
         // Every CPU that left SMM at a non-default SMBASE got it from a slot that names it.
         for c in self.st.borrow().cpus.iter() {
             if c.smbase != DEFAULT_SMBASE {
-                let n = (0..self.slot_count).find(|&n| Self::smbase_of_slot(n) == c.smbase);
+                let n = self.slot_with_smbase(c.smbase);
                 match n {
                     Some(n)
                         if self.slots.apic(n) == c.apic && self.slots.state(n) != slots::FREE => {}
@@ -645,11 +680,11 @@ impl Machine {
     // ---- the CPUs' side -----------------------------------------------------------------
 
     fn slot_with_smbase(&self, smbase: u32) -> Option<usize> {
-        (0..self.slot_count).find(|&n| Self::smbase_of_slot(n) == smbase)
+        self.slot_smbase.iter().position(|&s| s == smbase)
     }
 
     /// The mapping a CPU at `smbase` relies on must be published and RELOCATING (it may
-    /// take an SMI at its new SMBASE right after RSM, spec 6.4 T3).
+    /// take an SMI at its new SMBASE right after RSM: R12, R15).
     fn check_relocating(&self, st: &mut WinState, apic: u32, smbase: u32, what: &str) {
         let ok = self.slot_with_smbase(smbase).is_some_and(|n| {
             self.slots.state(n) == slots::RELOCATING
@@ -738,11 +773,20 @@ impl Machine {
     }
 }
 
-impl Platform for Machine {
+impl Host for Machine {
     type Ports = Ports;
 
     fn ports(&self) -> &Ports {
         &self.ports
+    }
+
+    fn data(&self) -> HostData<'_> {
+        HostData {
+            slot_smbase: &self.slot_smbase,
+            possible_apic_ids: &self.possible_ids,
+            slots: &self.slots,
+            routes: Some(&self.routes),
+        }
     }
 
     fn now_us(&self) -> u64 {
@@ -753,44 +797,13 @@ impl Platform for Machine {
         t
     }
 
-    fn log(&self, level: Level, parts: &[Part<'_>]) {
+    fn log(&self, level: Level, template: &str, args: &[u64]) {
         let c = Collect(RefCell::new(Vec::new()));
-        c.line(level, parts);
+        c.line(level, template, args);
         let line = String::from_utf8(c.0.into_inner()).expect("log lines are ASCII");
         self.logs
             .borrow_mut()
             .push((level, line.trim_end().to_string()));
-    }
-
-    fn slots(&self) -> &Slots {
-        &self.slots
-    }
-
-    fn slot_count(&self) -> usize {
-        self.slot_count
-    }
-
-    fn slot_smbase(&self, slot: usize) -> Option<u32> {
-        (slot < self.slot_count).then(|| Self::smbase_of_slot(slot))
-    }
-
-    fn set_route(&self, slot: usize, apic: Option<u32>) {
-        match self.routes.borrow_mut().get_mut(slot) {
-            Some(r) if slot < self.slot_count => *r = apic,
-            _ => self
-                .st
-                .borrow_mut()
-                .violations
-                .push(format!("route set for slot {slot} beyond the slot count")),
-        }
-    }
-
-    fn is_possible_apic(&self, apic: u32) -> bool {
-        self.possible.contains(&apic)
-    }
-
-    fn possible_count(&self) -> u32 {
-        self.possible_count.get()
     }
 
     fn send_ipi(&self, apic: u32, icr_low: u32) -> bool {
@@ -842,7 +855,7 @@ impl Platform for Machine {
             }
             DM_STARTUP if c.init_pending && c.state == CpuState::Outside => {
                 c.init_pending = false;
-                if (icr_low & 0xFF) << 12 == PEN_BASE {
+                if (icr_low & 0xFF) << 12 == PEN.base {
                     // Un-relocated in the pen: its write sets the pen byte.
                     c.in_pen = true;
                     st.pen_signal = 1;
@@ -921,15 +934,11 @@ impl Window for Machine {
     fn pen_signal(&self) -> u8 {
         self.st.borrow().pen_signal
     }
-
-    fn pen_base(&self) -> u32 {
-        PEN_BASE
-    }
 }
 
 /// The ICR low words of the INIT/SIPI sequence to the pen, in order.
 pub fn init_sipi() -> [u32; 3] {
-    let vec = PEN_BASE >> 12;
+    let vec = PEN.base >> 12;
     [
         lapic::ICR_INIT,
         lapic::ICR_STARTUP | vec,

@@ -1,151 +1,159 @@
 //! The CPU-hotplug handler for coreboot, behind a small C ABI: one object linked into
 //! both the ramstage (boot-time preparation, [`ramstage`]) and the smm stage (APMC 4).
 //!
-//! Ramstage records what SMM needs (possible APIC IDs, TSC rate, the live
-//! `apic_id_to_cpu` table of coreboot's SMM stub) in a boot-info block inside the
-//! default-SMBASE window ([`bootinfo`]), which becomes SMRAM when it is locked: SMM
-//! reads only SMRAM. In SMM, coreboot's C glue fills a `struct rust_cpu_hotplug_env`
-//! (slots and their SMBASEs, console) and calls `rust_cpu_hotplug_smi_entry()` at the
-//! very start of `smm_handler_start()` (before the SMI lock; spec 7.3 item 5) and
-//! `rust_cpu_hotplug_apmc()` for APMC 4 on the CPU that holds the lock. coreboot
-//! provides memcpy and friends.
+//! Ramstage records the boot info (`smm_handler::boot_info::BootInfo`: possible APIC IDs,
+//! TSC rate, the address of coreboot's live `apic_id_to_cpu` table) in the default-SMBASE
+//! window, which becomes SMRAM when it is locked: SMM reads only SMRAM. In SMM, coreboot's
+//! C glue calls [`rust_cpu_hotplug_smi_entry`] at the very start of `smm_handler_start()`
+//! (before coreboot's SMI lock) and [`rust_cpu_hotplug_apmc`] with a filled [`Env`] on the
+//! CPU that holds the lock. What only this host has: the C ABI, coreboot's console and
+//! its routing table. coreboot provides memcpy and friends, its SMI lock and the stack
+//! canary check.
 //!
 //! SMM rules: no panics, no `core::fmt`, no floats, bounded loops; checked on the built
 //! object by `fwtool check-smm` (tests/tests/smm_object.rs).
 #![no_std]
 
-pub mod bootinfo;
 pub mod ramstage;
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 
 use q35::io::HwPorts;
-use smm_handler::diag;
-use smm_handler::first_smi::FixedWindow;
-use smm_handler::hotplug::{self, Platform, Window};
-use smm_handler::log::{Console, Level, Part};
-use smm_handler::params::MAX_SLOTS;
-use smm_handler::slots::{self, Slots};
+use smm_handler::boot_info::BootInfo;
+use smm_handler::entry::{self, Entry, SmiEntries};
+use smm_handler::first_smi::{FixedWindow, Window};
+use smm_handler::host::{Host, HostData, NO_ROUTE};
+use smm_handler::layout::window;
+use smm_handler::log::{Console, Level};
+use smm_handler::slots::{self, Slots, MAX_SLOTS};
 
-pub const ENV_VERSION: u32 = 2;
-const NO_ROUTE: u16 = 0xFFFF;
+/// [`Env::version`] this object understands (`RUST_CPU_HOTPLUG_ENV_VERSION` in C).
+pub const ENV_VERSION: u32 = 3;
 
-/// Mirrors `struct rust_cpu_hotplug_env` in coreboot-config's `rust_cpu_hotplug.h`:
-/// what only coreboot's SMM module knows, filled by the C glue on each call.
+/// A console write function of the C glue (coreboot's printk with a level).
+pub type ConsoleFn = Option<extern "C" fn(level: u32, buf: *const u8, len: usize)>;
+
+/// Mirrors `struct rust_cpu_hotplug_env` in coreboot-config's `rust_cpu_hotplug.h`
+/// (sizes and offsets asserted on both sides): what only coreboot's SMM module knows,
+/// filled by the C glue on each call.
 #[repr(C)]
 pub struct Env {
+    /// [`ENV_VERSION`].
     pub version: u32,
     /// SMM slots coreboot laid out (`smm_runtime.num_cpus`: every possible CPU).
     pub slot_count: u32,
+    /// Lines above this level (`smm_handler::log::Level as u32`) are dropped.
     pub log_level: u32,
+    /// Reserved.
     pub _pad: u32,
     /// `[slot_count]` SMBASE per slot (from `smm_get_save_state()`).
     pub slot_smbase: *const u32,
-    pub console_write: Option<extern "C" fn(buf: *const u8, len: usize)>,
+    /// Where log lines go.
+    pub console_write: ConsoleFn,
 }
 
-/// Slot bookkeeping in SMRAM, seeded from the stub's routing table on first use.
+const _: () = assert!(size_of::<Env>() == 32);
+const _: () = assert!(offset_of!(Env, slot_count) == 4 && offset_of!(Env, log_level) == 8);
+const _: () = assert!(offset_of!(Env, slot_smbase) == 16 && offset_of!(Env, console_write) == 24);
+
+/// Slot bookkeeping in SMRAM, seeded from coreboot's routing table on first use.
 static SLOTS: Slots = Slots::new();
 static SEEDED: AtomicBool = AtomicBool::new(false);
+static ENTRIES: SmiEntries = SmiEntries::new();
 
-/// A console that forwards to a C function (coreboot's printk in the glue).
-pub(crate) struct CConsole(pub Option<extern "C" fn(buf: *const u8, len: usize)>);
+/// A console that forwards to the C glue (coreboot's printk).
+pub(crate) struct CConsole(pub ConsoleFn, pub Level);
 
 impl Console for CConsole {
     fn write(&self, bytes: &[u8]) {
         if let Some(f) = self.0 {
-            f(bytes.as_ptr(), bytes.len());
+            f(self.1 as u32, bytes.as_ptr(), bytes.len());
         }
     }
 }
 
+fn boot_info() -> Option<&'static BootInfo> {
+    // SAFETY: the boot info lies in the default-SMBASE window, SMRAM after the 0x9C lock,
+    // written by ramstage before it; SMM only reads it.
+    let b = unsafe { &*(window::BOOT_INFO.base as usize as *const BootInfo) };
+    b.is_valid().then_some(b)
+}
+
+/// coreboot as the handler's host.
 struct Coreboot<'a> {
     env: &'a Env,
-    boot: &'a bootinfo::BootInfo,
-    window: FixedWindow,
+    boot: &'a BootInfo,
+    slot_smbase: &'a [u32],
+    routes: Option<&'a [AtomicU16]>,
 }
 
-impl Coreboot<'_> {
-    fn route_table(&self) -> *mut u16 {
-        self.boot.apic_id_to_cpu as usize as *mut u16
-    }
-
-    fn route(&self, slot: usize) -> u16 {
-        if slot >= Platform::slot_count(self) || self.boot.apic_id_to_cpu == 0 {
-            return NO_ROUTE;
+impl<'a> Coreboot<'a> {
+    fn new(env: &'a Env, boot: &'a BootInfo) -> Self {
+        let n = (env.slot_count as usize).min(MAX_SLOTS);
+        let slot_smbase = if env.slot_smbase.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: `slot_smbase` has `slot_count` entries in SMRAM (C glue contract).
+            unsafe { core::slice::from_raw_parts(env.slot_smbase, n) }
+        };
+        let routes = (boot.route_table != 0).then(|| {
+            // SAFETY: coreboot's stub table `apic_id_to_cpu[CONFIG_MAX_CPUS]` (u16, so
+            // AtomicU16-compatible) lives in SMRAM and has at least `slot_count` entries;
+            // its address was recorded at boot in the locked boot info.
+            unsafe { core::slice::from_raw_parts(boot.route_table as usize as *const AtomicU16, n) }
+        });
+        Self {
+            env,
+            boot,
+            slot_smbase,
+            routes,
         }
-        // SAFETY: coreboot's stub table has CONFIG_MAX_CPUS >= slot_count entries in
-        // SMRAM; its address was recorded at boot in the locked boot-info block.
-        unsafe { core::ptr::read_volatile(self.route_table().add(slot)) }
     }
 }
 
-impl Platform for Coreboot<'_> {
+impl Host for Coreboot<'_> {
     type Ports = HwPorts;
     fn ports(&self) -> &HwPorts {
         &HwPorts
+    }
+    fn data(&self) -> HostData<'_> {
+        HostData {
+            slot_smbase: self.slot_smbase,
+            possible_apic_ids: self.boot.possible(),
+            slots: &SLOTS,
+            routes: self.routes,
+        }
     }
     fn now_us(&self) -> u64 {
         // SAFETY: RDTSC has no side effects.
         let t = unsafe { core::arch::x86_64::_rdtsc() };
         t / self.boot.tsc_per_us.max(1)
     }
-    fn log(&self, level: Level, parts: &[Part<'_>]) {
+    fn log(&self, level: Level, template: &str, args: &[u64]) {
         if level as u32 <= self.env.log_level {
-            CConsole(self.env.console_write).line(level, parts);
+            CConsole(self.env.console_write, level).line(level, template, args);
         }
-    }
-    fn slots(&self) -> &Slots {
-        &SLOTS
-    }
-    fn slot_count(&self) -> usize {
-        (self.env.slot_count as usize).min(MAX_SLOTS)
-    }
-    fn slot_smbase(&self, slot: usize) -> Option<u32> {
-        if slot >= Platform::slot_count(self) || self.env.slot_smbase.is_null() {
-            return None;
-        }
-        // SAFETY: `slot_smbase` has `slot_count` entries (C glue contract).
-        Some(unsafe { core::ptr::read_volatile(self.env.slot_smbase.add(slot)) })
-    }
-    fn set_route(&self, slot: usize, apic: Option<u32>) {
-        if slot >= Platform::slot_count(self) || self.boot.apic_id_to_cpu == 0 {
-            return;
-        }
-        let v = apic.map_or(NO_ROUTE, |a| a as u16);
-        // SAFETY: as for `route`; a single aligned u16 store the stub reads.
-        unsafe { core::ptr::write_volatile(self.route_table().add(slot), v) }
-    }
-    fn is_possible_apic(&self, apic: u32) -> bool {
-        self.boot.is_possible_apic(apic)
-    }
-    fn possible_count(&self) -> u32 {
-        self.boot.possible_count.min(MAX_SLOTS as u32)
     }
     fn send_ipi(&self, apic: u32, icr_low: u32) -> bool {
         q35::lapic::send_ipi(apic, icr_low).is_ok()
     }
     fn window(&self) -> &dyn Window {
-        &self.window
+        &FixedWindow
     }
 }
 
+/// Mark the slots coreboot's MP init filled (its routing table) ACTIVE, once.
 fn seed(cb: &Coreboot<'_>) {
     if SEEDED.swap(true, Ordering::SeqCst) {
         return;
     }
-    for slot in 0..Platform::slot_count(cb) {
-        let r = cb.route(slot);
-        if r != NO_ROUTE {
-            SLOTS.set(slot, slots::ACTIVE, u32::from(r));
+    for (slot, r) in cb.routes.unwrap_or(&[]).iter().enumerate() {
+        let apic = r.load(Ordering::SeqCst);
+        if apic != NO_ROUTE {
+            SLOTS.set(slot, slots::ACTIVE, u32::from(apic));
         }
     }
-}
-
-fn env_ok(env: *const Env) -> Option<&'static Env> {
-    // SAFETY: coreboot passes a pointer to a static in its SMM module (SMRAM) or NULL.
-    let e = unsafe { env.as_ref() }?;
-    (e.version == ENV_VERSION).then_some(e)
 }
 
 /// Service APMC 4 (CPU hotplug) on the CPU that holds coreboot's SMI lock.
@@ -155,31 +163,22 @@ fn env_ok(env: *const Env) -> Option<&'static Env> {
 /// arrays have the lengths it states.
 #[no_mangle]
 pub unsafe extern "C" fn rust_cpu_hotplug_apmc(env: *const Env) {
-    let Some(env) = env_ok(env) else { return };
-    let Some(boot) = bootinfo::BootInfo::locked() else {
-        CConsole(env.console_write).line(
+    // SAFETY: coreboot passes a pointer to a struct in its SMM module (SMRAM) or NULL.
+    let Some(env) = (unsafe { env.as_ref() }).filter(|e| e.version == ENV_VERSION) else {
+        return;
+    };
+    let Some(boot) = boot_info() else {
+        CConsole(env.console_write, Level::Error).line(
             Level::Error,
-            &[Part::Str(
-                b"cpu hotplug: no valid boot-info block; APMC 4 ignored",
-            )],
+            "cpu hotplug: no valid boot info; APMC 4 ignored",
+            &[],
         );
         return;
     };
-    let cb = Coreboot {
-        env,
-        boot,
-        window: FixedWindow {
-            pen_base: boot.pen_base,
-        },
-    };
+    let cb = Coreboot::new(env, boot);
     seed(&cb);
-    let _ = hotplug::service(&cb);
+    entry::dispatch(&cb, entry::APMC_CPU_HOTPLUG);
 }
-
-/// SMI entries per slot (answered by the diagnostic query).
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-static ENTRIES: [core::sync::atomic::AtomicU64; MAX_SLOTS] = [ZERO; MAX_SLOTS];
 
 /// Called by every CPU at SMI entry, before coreboot's SMI lock, with its slot and that
 /// slot's SMBASE. Returns non-zero when the CPU is being relocated and must leave SMM at
@@ -187,26 +186,9 @@ static ENTRIES: [core::sync::atomic::AtomicU64; MAX_SLOTS] = [ZERO; MAX_SLOTS];
 /// state (see `smm_handler::diag`).
 #[no_mangle]
 pub extern "C" fn rust_cpu_hotplug_smi_entry(cpu: u32, smbase: u32) -> i32 {
-    let Some(count) = ENTRIES.get(cpu as usize) else {
-        return 0;
-    };
-    let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-    if hotplug::must_return_early(&SLOTS, cpu as usize) {
-        return 1;
-    }
-    if smbase == 0 || q35::io::PortIo::inb(&HwPorts, q35::ich9::APM_CNT) != diag::APMC_DIAG_QUERY {
-        return 0;
-    }
-    // SAFETY: `smbase` is this CPU's own slot (coreboot's save-state map).
-    unsafe { diag::answer_in_save_state(cpu, smbase, n) };
-    0
+    i32::from(
+        ENTRIES.begin(&HwPorts, &SLOTS, cpu, smbase) == Entry::Leave && (cpu as usize) < MAX_SLOTS,
+    )
 }
 
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    // Unreachable by construction (the object check finds no panicking code).
-    loop {
-        // SAFETY: stops this CPU.
-        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
-    }
-}
+smm_handler::smm_panic_handler!();

@@ -1,135 +1,127 @@
-//! Boot-time preparation in coreboot's ramstage (spec 7.3 items 1, 8, 9), called from
-//! qemu-q35's MP init hooks on the BSP only:
+//! Boot-time preparation in coreboot's ramstage, called from qemu-q35's MP init hooks on
+//! the BSP only:
 //! - `pre_mp_init`: query MCH 0x9C, switch and count the CPU hotplug register block,
 //!   negotiate QEMU's SMI features over fw_cfg DMA (before MP init, so before coreboot
 //!   reads QEMU's ACPI tables);
 //! - `get_cpu_count` / SMM layout: present CPUs to start, possible CPUs to lay out;
-//! - `post_mp_init`: calibrate the TSC, record the boot-info block, install the
-//!   first-SMI handler and the pen, lock the default-SMBASE window and verify it.
+//! - `post_mp_init`: calibrate the TSC, record the boot info, install the first-SMI
+//!   handler and the pen, lock the default-SMBASE window and verify it.
+//!
+//! The policy, the locking and the checks are `smm_handler::arming`, shared with the
+//! host ROM; errors become integers only here, at the C boundary.
 
 use core::ptr::addr_of_mut;
 
-use q35::cpuhp::CpuHp;
+use q35::cpuhp::{CpuHp, CpuTopology};
 use q35::fw_cfg::{self, FwCfg, Negotiation};
 use q35::io::HwPorts;
 use q35::mch::Mch;
 use q35::pmtimer::PmTimer;
-use smm_handler::first_smi;
-use smm_handler::log::{Console, Level, Part};
-use smm_handler::params::MAX_SLOTS;
+use smm_handler::arming;
+use smm_handler::boot_info::{BootInfo, BOOT_INFO_MAGIC};
+use smm_handler::layout::window;
+use smm_handler::log::{Console, Level};
+use smm_handler::slots::MAX_SLOTS;
 
-use crate::bootinfo::{BootInfo, BOOTINFO_BASE, BOOTINFO_MAGIC};
-use crate::CConsole;
+use crate::{CConsole, ConsoleFn};
 
 /// Ramstage log lines: coreboot's printk adds the level, so no "[SMM ...]" tag here.
-struct RamConsole(CConsole);
+struct RamConsole(ConsoleFn);
 
-impl Console for RamConsole {
-    fn write(&self, bytes: &[u8]) {
-        self.0.write(bytes)
-    }
-
-    fn line(&self, _level: Level, parts: &[Part<'_>]) {
-        self.write(b"cpu hotplug: ");
-        self.parts(parts);
-        self.write(b"\n");
+impl RamConsole {
+    fn line(&self, level: Level, template: &str, args: &[u64]) {
+        let c = CConsole(self.0, level);
+        c.write(b"cpu hotplug: ");
+        c.template(template, args);
+        c.write(b"\n");
     }
 }
-
-type ConsoleFn = Option<extern "C" fn(buf: *const u8, len: usize)>;
 
 /// Results of `pre_mp_init`, kept for the later hooks.
 struct State {
     present: u32,
     possible: u32,
     features: u64,
-    default_smram: bool,
+    default_window: bool,
     hotplug: bool,
-    apic_ids: [u32; MAX_SLOTS],
+    topology: CpuTopology,
 }
-
-static mut TOPOLOGY: q35::cpuhp::CpuTopology = q35::cpuhp::CpuTopology::EMPTY;
 
 static mut STATE: State = State {
     present: 0,
     possible: 0,
     features: 0,
-    default_smram: false,
+    default_window: false,
     hotplug: false,
-    apic_ids: [u32::MAX; MAX_SLOTS],
+    topology: CpuTopology::EMPTY,
 };
 
 fn state() -> &'static mut State {
     // SAFETY: ramstage calls these hooks on the BSP only, one at a time (MP init's
-    // pre/post hooks and the CPU-count callback run before/after the APs work).
+    // pre/post hooks and the CPU-count callback run before/after the APs work), and each
+    // hook takes this reference once; the topology is kept here, out of the small stack.
     unsafe { &mut *addr_of_mut!(STATE) }
 }
 
+/// `rust_cpu_hotplug_pre_mp_init`: no fw_cfg.
 pub const ERR_NO_FW_CFG: i32 = -1;
+/// `rust_cpu_hotplug_pre_mp_init`: QEMU refused the SMI feature negotiation.
 pub const ERR_NEGOTIATION: i32 = -2;
+/// `rust_cpu_hotplug_pre_mp_init`: the register block has no working modern interface.
 pub const ERR_CPUHP: i32 = -3;
-pub const ERR_LOCK: i32 = -4;
+/// `rust_cpu_hotplug_post_mp_init` before `pre_mp_init` ran.
 pub const ERR_NOT_PREPARED: i32 = -5;
 
 /// Returns 1 when CPU hotplug was negotiated, 0 when only broadcast was (QEMU will
 /// refuse CPU device_add), or a negative error (the caller stops the boot).
 #[no_mangle]
 pub extern "C" fn rust_cpu_hotplug_pre_mp_init(max_cpus: u32, console: ConsoleFn) -> i32 {
-    let c = RamConsole(CConsole(console));
+    let c = RamConsole(console);
     let ports = HwPorts;
     let Ok(cfg) = FwCfg::detect(&ports) else {
-        c.line(Level::Error, &[Part::Str(b"no fw_cfg")]);
+        c.line(Level::Error, "no fw_cfg", &[]);
         return ERR_NO_FW_CFG;
     };
     let st = state();
     let hp = CpuHp::new(&ports);
-    // SAFETY: BSP only, see `state()`; the topology is kept out of the small stack.
-    let topo = unsafe { &mut *addr_of_mut!(TOPOLOGY) };
-    match hp.switch_to_modern().and_then(|_| hp.count_into(topo)) {
-        Ok(()) => {}
-        Err(_) => {
-            c.line(
-                Level::Error,
-                &[Part::Str(b"register block has no working modern interface")],
-            );
-            return ERR_CPUHP;
-        }
-    };
+    if hp
+        .switch_to_modern()
+        .and_then(|_| hp.count_into(&mut st.topology))
+        .is_err()
+    {
+        c.line(
+            Level::Error,
+            "register block has no working modern interface",
+            &[],
+        );
+        return ERR_CPUHP;
+    }
+    let topo = &st.topology;
     st.present = topo.present;
     st.possible = topo.possible;
-    for (dst, sel) in st.apic_ids.iter_mut().zip(0..topo.possible) {
-        *dst = topo.apic_id(sel).unwrap_or(u32::MAX);
-    }
-    st.default_smram = Mch::new(&ports).query_default_smbase_smram();
-    let fits = topo.possible as usize <= MAX_SLOTS && topo.possible <= max_cpus;
-    let ids_ok = topo.max_apic_id() < 256;
-    let want_hotplug = st.default_smram && fits && ids_ok;
+    st.default_window = Mch::new(&ports).query_default_smbase_smram();
+    let window_line = if st.default_window {
+        "present {}, possible {}, SMRAM at default SMBASE yes"
+    } else {
+        "present {}, possible {}, SMRAM at default SMBASE no"
+    };
     c.line(
         Level::Info,
-        &[
-            Part::Str(b"present "),
-            Part::Dec(topo.present.into()),
-            Part::Str(b", possible "),
-            Part::Dec(topo.possible.into()),
-            Part::Str(b", SMRAM at default SMBASE "),
-            Part::Str(if st.default_smram { b"yes" } else { b"no" }),
-        ],
+        window_line,
+        &[topo.present.into(), topo.possible.into()],
     );
-    if !fits {
-        c.line(
-            Level::Warn,
-            &[Part::Str(
-                b"more possible CPUs than SMM slots (MAX_CPUS): not offered",
-            )],
-        );
+    let slot_limit = max_cpus.min(MAX_SLOTS as u32);
+    let policy = arming::feature_policy(
+        st.default_window,
+        topo.possible,
+        slot_limit,
+        topo.max_apic_id(),
+    );
+    for r in &policy.refusals {
+        let (t, args) = r.template();
+        c.line(Level::Warn, t, &args);
     }
-    let wanted = fw_cfg::SMI_FEATURE_BROADCAST
-        | if want_hotplug {
-            fw_cfg::SMI_FEATURE_CPU_HOTPLUG | fw_cfg::SMI_FEATURE_CPU_HOT_UNPLUG
-        } else {
-            0
-        };
-    match fw_cfg::negotiate_smi_features(&cfg, wanted) {
+    match fw_cfg::negotiate_smi_features(&cfg, policy.wanted) {
         Ok(Negotiation::Granted {
             supported,
             requested,
@@ -137,26 +129,16 @@ pub extern "C" fn rust_cpu_hotplug_pre_mp_init(max_cpus: u32, console: ConsoleFn
             st.features = requested;
             c.line(
                 Level::Info,
-                &[
-                    Part::Str(b"SMI features supported "),
-                    Part::Hex(supported),
-                    Part::Str(b", requested and granted "),
-                    Part::Hex(requested),
-                ],
+                "SMI features supported {:#x}, requested and granted {:#x}",
+                &[supported, requested],
             );
         }
         Ok(Negotiation::Unsupported) => {
-            c.line(
-                Level::Warn,
-                &[Part::Str(b"QEMU has no SMI feature negotiation")],
-            );
+            c.line(Level::Warn, "QEMU has no SMI feature negotiation", &[]);
             st.features = 0;
         }
         Err(_) => {
-            c.line(
-                Level::Error,
-                &[Part::Str(b"SMI feature negotiation refused")],
-            );
+            c.line(Level::Error, "SMI feature negotiation refused", &[]);
             return ERR_NEGOTIATION;
         }
     }
@@ -186,63 +168,54 @@ fn tsc_per_us() -> u64 {
     PmTimer::new(&HwPorts, pmbase).tsc_per_us()
 }
 
-/// After MP init and `restore_default_smm_area()`: record the boot-info block, install
-/// the first-SMI handler and the pen, and lock the default-SMBASE window. Returns 0, or a
+/// After MP init and `restore_default_smm_area()`: record the boot info, install the
+/// first-SMI handler and the pen, and lock the default-SMBASE window. Returns 0, or a
 /// negative error (the caller stops the boot).
 ///
 /// # Safety
 /// `apic_id_to_cpu` is the live table of coreboot's permanent SMM stub (or NULL when
-/// hotplug was not negotiated); 0x30000-0x50FFF is unlocked, unused RAM.
+/// hotplug was not negotiated); the default-SMBASE window and the pen page are unlocked,
+/// unused RAM.
 #[no_mangle]
 pub unsafe extern "C" fn rust_cpu_hotplug_post_mp_init(
     apic_id_to_cpu: *mut u16,
+    log_level: u32,
     console: ConsoleFn,
 ) -> i32 {
-    let c = RamConsole(CConsole(console));
+    let c = RamConsole(console);
     let st = state();
     if st.present == 0 {
         return ERR_NOT_PREPARED;
     }
-    if !st.default_smram {
+    if !st.default_window {
         // Nothing to protect with: hotplug was not negotiated, QEMU refuses device_add.
         return 0;
     }
-    // SAFETY: the window is unlocked firmware RAM now (caller contract); the boot-info
-    // block lies after the context (checked at compile time in bootinfo.rs).
+    let b = window::BOOT_INFO.base as usize as *mut BootInfo;
+    // SAFETY: the window is unlocked firmware RAM now (caller contract) and the boot info
+    // region is reserved for this block (layout.rs).
     unsafe {
-        first_smi::install(first_smi::PEN_BASE);
-        let b = &mut *(BOOTINFO_BASE as usize as *mut BootInfo);
-        b.possible_count = if st.hotplug {
-            st.possible.min(MAX_SLOTS as u32)
-        } else {
-            0
-        };
-        b.tsc_per_us = tsc_per_us();
-        b.apic_id_to_cpu = apic_id_to_cpu as u64;
-        b.pen_base = first_smi::PEN_BASE;
-        b.features = st.features as u32;
-        b.possible_apic_ids = st.apic_ids;
-        core::ptr::write_volatile(&mut b.magic, BOOTINFO_MAGIC);
-    }
-    let m = Mch::new(&HwPorts);
-    if !m.lock_default_smbase_smram() {
-        c.line(Level::Error, &[Part::Str(b"MCH 0x9C did not lock")]);
-        return ERR_LOCK;
-    }
-    // SAFETY: reading an ordinary physical address: locked, it reads all-ones.
-    let v = unsafe { core::ptr::read_volatile(0x30000 as *const u32) };
-    if v != 0xFFFF_FFFF {
-        c.line(
-            Level::Error,
-            &[Part::Str(b"0x30000 still readable after the 0x9C lock")],
+        b.write(BootInfo::empty());
+        let b = &mut *b;
+        let topo = &st.topology;
+        b.record_possible(
+            (0..topo.possible).map(|s| topo.apic_id(s).unwrap_or(u32::MAX)),
+            st.hotplug,
         );
-        return ERR_LOCK;
+        b.tsc_per_us = tsc_per_us();
+        b.log_level = log_level;
+        b.route_table = apic_id_to_cpu as u64;
+        core::ptr::write_volatile(&mut b.magic, BOOT_INFO_MAGIC);
+    }
+    // SAFETY: as above; every AP has left the window (MP init is done).
+    if let Err(e) = unsafe { arming::install_and_lock_window(&HwPorts) } {
+        c.line(Level::Error, "default-SMBASE window did not lock", &[]);
+        return e.code();
     }
     c.line(
         Level::Info,
-        &[Part::Str(
-            b"first-SMI handler installed, SMRAM at default SMBASE locked",
-        )],
+        "first-SMI handler installed, SMRAM at default SMBASE locked",
+        &[],
     );
     0
 }
@@ -251,9 +224,5 @@ pub unsafe extern "C" fn rust_cpu_hotplug_post_mp_init(
 /// (D_LCK) and, where QEMU has it, the default-SMBASE window is locked too.
 #[no_mangle]
 pub extern "C" fn rust_cpu_hotplug_smram_locked() -> i32 {
-    let m = Mch::new(&HwPorts);
-    let s = m.smramc();
-    let d_lck = s & q35::mch::SMRAMC_D_LCK != 0 && s & q35::mch::SMRAMC_D_OPEN == 0;
-    let window = !state().default_smram || m.default_smbase_smram_locked();
-    i32::from(d_lck && window)
+    i32::from(arming::check_locked(&HwPorts, None, state().default_window).is_ok())
 }

@@ -1,0 +1,186 @@
+//! Boot-time arming, shared by the host ROM and coreboot's ramstage: which SMI features
+//! to ask QEMU for, installing and locking the default-SMBASE window, and checking the
+//! locks from outside SMM before anything untrusted runs. Errors are typed; the coreboot
+//! glue turns them into integers at its C boundary only ([`ArmError::code`]).
+//!
+//! See `docs/protocol.md#smi-feature-negotiation` and
+//! `docs/protocol.md#the-default-smbase-window` (R1, R2, R3).
+
+use core::ptr::read_volatile;
+
+use crate::first_smi;
+use crate::layout::window;
+use q35::fw_cfg::{SMI_FEATURE_BROADCAST, SMI_FEATURE_CPU_HOTPLUG, SMI_FEATURE_CPU_HOT_UNPLUG};
+use q35::io::PortIo;
+use q35::mch::{self, Mch};
+
+/// Why CPU hotplug is not offered to QEMU (only broadcast SMIs are negotiated then, and
+/// QEMU refuses CPU `device_add` with its own message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// MCH 0x9C does not offer the default-SMBASE window (machine type before 5.0).
+    NoDefaultSmbaseWindow,
+    /// More possible CPUs than the host lays out SMM slots for.
+    TooManyPossible {
+        /// Possible CPUs counted at boot.
+        possible: u32,
+        /// Slots the host can lay out.
+        slots: u32,
+    },
+    /// A possible CPU's APIC ID does not fit xAPIC (the handler's IPIs and arrival marks).
+    ApicIdTooLarge {
+        /// The largest possible APIC ID.
+        max: u32,
+    },
+}
+
+impl Refusal {
+    /// The log message as an SMM-style template with its arguments (`crate::log`).
+    pub fn template(&self) -> (&'static str, [u64; 2]) {
+        match *self {
+            Refusal::NoDefaultSmbaseWindow => (
+                "no SMRAM at default SMBASE (MCH 0x9C, machine type < 5.0): CPU hotplug not offered",
+                [0, 0],
+            ),
+            Refusal::TooManyPossible { possible, slots } => (
+                "{} possible CPUs exceed {} SMM slots: CPU hotplug not offered",
+                [possible.into(), slots.into()],
+            ),
+            Refusal::ApicIdTooLarge { max } => (
+                "APIC IDs up to {} do not fit xAPIC: CPU hotplug not offered",
+                [max.into(), 0],
+            ),
+        }
+    }
+}
+
+/// The SMI features to request, and why CPU hotplug is left out if it is.
+pub struct Policy {
+    /// Feature bits to request: broadcast always, CPU hotplug and hot-unplug when every
+    /// precondition holds (R1).
+    pub wanted: u64,
+    /// Every precondition that failed.
+    pub refusals: heapless::Vec<Refusal, 3>,
+}
+
+/// Decide the SMI features from what boot found: whether the default-SMBASE window
+/// exists, the possible CPUs, how many slots the host can lay out, and the largest
+/// possible APIC ID.
+pub fn feature_policy(window: bool, possible: u32, slot_limit: u32, max_apic_id: u32) -> Policy {
+    let mut refusals = heapless::Vec::new();
+    if !window {
+        let _ = refusals.push(Refusal::NoDefaultSmbaseWindow);
+    }
+    if possible > slot_limit {
+        let _ = refusals.push(Refusal::TooManyPossible {
+            possible,
+            slots: slot_limit,
+        });
+    }
+    if max_apic_id >= 256 {
+        let _ = refusals.push(Refusal::ApicIdTooLarge { max: max_apic_id });
+    }
+    let hotplug = if refusals.is_empty() {
+        SMI_FEATURE_CPU_HOTPLUG | SMI_FEATURE_CPU_HOT_UNPLUG
+    } else {
+        0
+    };
+    Policy {
+        wanted: SMI_FEATURE_BROADCAST | hotplug,
+        refusals,
+    }
+}
+
+/// A boot-time arming step that failed; the boot must stop (fail closed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArmError {
+    /// MCH 0x9C did not read back locked after the lock write; the value read.
+    WindowNotLocked(u8),
+    /// The window still reads as RAM from outside SMM after the lock; the dword read.
+    WindowStillVisible(u32),
+    /// SMRAMC without D_LCK, or with D_OPEN, after locking; the value read.
+    SmramNotLocked(u8),
+    /// TSEG reads as RAM from outside SMM after the lock; the dword read.
+    TsegVisible(u32),
+}
+
+impl ArmError {
+    /// The negative integer the coreboot glue passes to `die()`.
+    pub fn code(&self) -> i32 {
+        match self {
+            ArmError::WindowNotLocked(_) => -4,
+            ArmError::WindowStillVisible(_) => -6,
+            ArmError::SmramNotLocked(_) => -7,
+            ArmError::TsegVisible(_) => -8,
+        }
+    }
+}
+
+/// Install the first-SMI handler, its context and the pen, lock the default-SMBASE window
+/// (MCH 0x9C), and check from outside SMM that it now reads all-ones (R2, R3).
+///
+/// # Safety
+/// The window and the pen page must be unlocked firmware RAM that nothing else uses any
+/// more (every AP has left the boot code that ran there).
+pub unsafe fn install_and_lock_window<P: PortIo>(ports: &P) -> Result<(), ArmError> {
+    // SAFETY: the caller guarantees the window and the pen page are ours.
+    unsafe { first_smi::install() };
+    let m = Mch::new(ports);
+    if !m.lock_default_smbase_smram() {
+        return Err(ArmError::WindowNotLocked(m.raw_default_smbase_smram()));
+    }
+    // SAFETY: reading an ordinary physical address; locked, it reads all-ones.
+    let v = unsafe { read_volatile(window::WINDOW.base as usize as *const u32) };
+    if v != u32::MAX {
+        return Err(ArmError::WindowStillVisible(v));
+    }
+    Ok(())
+}
+
+/// Check from outside SMM that SMRAM is closed and locked (D_LCK set, D_OPEN clear), that
+/// TSEG at `tseg_base` (when given) reads all-ones, and that the default-SMBASE window is
+/// locked when `window_expected`.
+pub fn check_locked<P: PortIo>(
+    ports: &P,
+    tseg_base: Option<u32>,
+    window_expected: bool,
+) -> Result<(), ArmError> {
+    let m = Mch::new(ports);
+    let s = m.smramc();
+    if s & mch::SMRAMC_D_LCK == 0 || s & mch::SMRAMC_D_OPEN != 0 {
+        return Err(ArmError::SmramNotLocked(s));
+    }
+    if let Some(base) = tseg_base {
+        // SAFETY: reading TSEG from outside SMM; the MCH must return all-ones.
+        let v = unsafe { read_volatile(base as usize as *const u32) };
+        if v != u32::MAX {
+            return Err(ArmError::TsegVisible(v));
+        }
+    }
+    if window_expected && !m.default_smbase_smram_locked() {
+        return Err(ArmError::WindowNotLocked(m.raw_default_smbase_smram()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hotplug_is_offered_only_when_every_precondition_holds() {
+        let p = feature_policy(true, 8, 64, 7);
+        assert_eq!(p.wanted, 7);
+        assert!(p.refusals.is_empty());
+        let p = feature_policy(false, 80, 64, 300);
+        assert_eq!(p.wanted, SMI_FEATURE_BROADCAST);
+        assert_eq!(p.refusals.len(), 3);
+        assert_eq!(
+            p.refusals[1],
+            Refusal::TooManyPossible {
+                possible: 80,
+                slots: 64
+            }
+        );
+    }
+}

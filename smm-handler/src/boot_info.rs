@@ -1,0 +1,117 @@
+//! The boot info: what boot code records for SMM before SMRAM is locked, the same on both
+//! hosts. SMM only reads it. The host ROM keeps it in its SMM module's parameter block
+//! ([`SmmParams`], in TSEG); coreboot's ramstage writes it to
+//! [`crate::layout::window::BOOT_INFO`] in the default-SMBASE window, which becomes SMRAM
+//! at the 0x9C lock.
+
+use crate::slots::{Slots, MAX_SLOTS};
+
+/// [`BootInfo::magic`] of a block boot code finished writing ("HPBI").
+pub const BOOT_INFO_MAGIC: u32 = 0x4942_5048;
+
+/// What SMM needs to know from boot.
+#[repr(C)]
+pub struct BootInfo {
+    /// [`BOOT_INFO_MAGIC`] once the block is complete (written last).
+    pub magic: u32,
+    /// Possible CPUs counted at boot; 0 when CPU hotplug was not negotiated, so SMM acts
+    /// on no APIC ID other than the boot CPUs' (R6).
+    pub possible_count: u32,
+    /// TSC ticks per microsecond, calibrated at boot against the PM timer. SMM trusts
+    /// only the TSC: the PM timer's PMBASE is OS-writable (`docs/qemu.md`).
+    pub tsc_per_us: u64,
+    /// SMM log level (`crate::log::Level as u32`); lines above it are dropped.
+    pub log_level: u32,
+    /// Reserved.
+    pub _reserved: u32,
+    /// Address of the host's APIC-ID routing table (coreboot's `apic_id_to_cpu`, one
+    /// u16 per slot), or 0 where each slot's entry stub knows its own slot (host ROM).
+    pub route_table: u64,
+    /// APIC ID of each possible CPU, by selector (the only IDs hotplug accepts, R6).
+    pub possible_apic_ids: [u32; MAX_SLOTS],
+}
+
+impl BootInfo {
+    /// An unfilled block.
+    pub const fn empty() -> Self {
+        Self {
+            magic: 0,
+            possible_count: 0,
+            tsc_per_us: 0,
+            log_level: crate::log::Level::Info as u32,
+            _reserved: 0,
+            route_table: 0,
+            possible_apic_ids: [u32::MAX; MAX_SLOTS],
+        }
+    }
+
+    /// Whether boot code finished the block and its counts are in range.
+    pub fn is_valid(&self) -> bool {
+        self.magic == BOOT_INFO_MAGIC && self.possible_count as usize <= MAX_SLOTS
+    }
+
+    /// The possible CPUs' APIC IDs, by selector.
+    pub fn possible(&self) -> &[u32] {
+        let n = (self.possible_count as usize).min(MAX_SLOTS);
+        self.possible_apic_ids.get(..n).unwrap_or(&[])
+    }
+
+    /// Record the possible CPUs (`apic_ids` by selector), or none when CPU hotplug was
+    /// not negotiated.
+    pub fn record_possible(&mut self, apic_ids: impl Iterator<Item = u32>, hotplug: bool) {
+        self.possible_apic_ids = [u32::MAX; MAX_SLOTS];
+        self.possible_count = 0;
+        if !hotplug {
+            return;
+        }
+        for (dst, id) in self.possible_apic_ids.iter_mut().zip(apic_ids) {
+            *dst = id;
+            self.possible_count += 1;
+        }
+    }
+}
+
+/// [`SmmParams::magic`] ("SMMP").
+pub const PARAMS_MAGIC: u32 = 0x534D_4D50;
+
+/// The host ROM's SMM module parameter block (its counterpart of coreboot's
+/// `smm_runtime`), filled by the boot code before SMRAM is closed. After that only the
+/// slot table in it changes, and only from SMM.
+#[repr(C)]
+pub struct SmmParams {
+    /// [`PARAMS_MAGIC`] once filled.
+    pub magic: u32,
+    /// Slots laid out (one per possible CPU).
+    pub slot_count: u32,
+    /// TSEG base (the slot stacks are at [`crate::layout::tseg::slot_stack`]).
+    pub tseg_base: u32,
+    /// Reserved.
+    pub _reserved: u32,
+    /// The boot info.
+    pub boot: BootInfo,
+    /// SMBASE of each slot ([`crate::layout::tseg::slot_smbase`]).
+    pub slot_smbase: [u32; MAX_SLOTS],
+    /// Slot states and the APIC ID each slot serves (seeded with the boot CPUs).
+    pub slots: Slots,
+}
+
+impl SmmParams {
+    /// An unfilled block.
+    pub const fn empty() -> Self {
+        Self {
+            magic: 0,
+            slot_count: 0,
+            tseg_base: 0,
+            _reserved: 0,
+            boot: BootInfo::empty(),
+            slot_smbase: [0; MAX_SLOTS],
+            slots: Slots::new(),
+        }
+    }
+
+    /// The laid-out slots' SMBASEs.
+    pub fn slot_smbases(&self) -> &[u32] {
+        let n = (self.slot_count as usize).min(MAX_SLOTS);
+        self.slot_smbase.get(..n).unwrap_or(&[])
+    }
+}

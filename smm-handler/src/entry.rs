@@ -1,0 +1,194 @@
+//! What every SMI at a slot does, the same on both hosts: count the entry, leave at once
+//! while the slot is RELOCATING (R12), answer the diagnostic query in the CPU's own save
+//! state, and — on the monarch — dispatch the APMC command. Plus the host ROM's
+//! owner-aware SMI lock, the stack canary check and the SMM panic handler.
+//!
+//! A host calls [`SmiEntries::begin`] first thing on every SMI, before any lock, then
+//! [`dispatch`] on the CPU that holds its SMI lock.
+
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::host::Host;
+use crate::slots::{Slots, MAX_SLOTS};
+use crate::{diag, hotplug, smm_log};
+use q35::ich9::APM_CNT;
+use q35::io::PortIo;
+
+/// APMC command QEMU's AML writes to port 0xB2 after a CPU hot-add (`\_SB.PCI0.SMI0`).
+pub const APMC_CPU_HOTPLUG: u8 = 0x04;
+
+/// What a CPU does after [`SmiEntries::begin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Leave SMM now, before the SMI lock (the slot is being relocated, R12).
+    Leave,
+    /// Go on; `apmc` is what port 0xB2 reads.
+    Continue {
+        /// The APMC command byte.
+        apmc: u8,
+    },
+}
+
+/// SMI entries per slot (what the diagnostic query answers).
+pub struct SmiEntries([AtomicU64; MAX_SLOTS]);
+
+impl SmiEntries {
+    /// No entries yet.
+    pub const fn new() -> Self {
+        Self([const { AtomicU64::new(0) }; MAX_SLOTS])
+    }
+
+    /// The first step of every SMI at `slot` (whose SMBASE is `smbase`), before any lock.
+    pub fn begin<P: PortIo>(&self, ports: &P, slots: &Slots, slot: u32, smbase: u32) -> Entry {
+        let Some(count) = self.0.get(slot as usize) else {
+            return Entry::Leave;
+        };
+        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+        // A CPU being relocated that takes a pending SMI at its new SMBASE leaves at once,
+        // before the lock the monarch holds.
+        if hotplug::must_return_early(slots, slot as usize) {
+            return Entry::Leave;
+        }
+        let apmc = ports.inb(APM_CNT);
+        if apmc == diag::APMC_DIAG_QUERY && smbase != 0 {
+            // SAFETY: `smbase` is this CPU's own slot's SMBASE (host contract), so the
+            // save state above it is this CPU's own.
+            unsafe { diag::answer_in_save_state(slot, smbase, n) };
+        }
+        Entry::Continue { apmc }
+    }
+
+    /// SMI entries counted at `slot` so far (0 beyond the table).
+    pub fn count(&self, slot: u32) -> u64 {
+        self.0
+            .get(slot as usize)
+            .map_or(0, |c| c.load(Ordering::SeqCst))
+    }
+}
+
+impl Default for SmiEntries {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Run the handler for `apmc` on the monarch. Only APMC 4 (CPU hot-add) has one; the
+/// diagnostic query was answered per CPU in [`SmiEntries::begin`].
+pub fn dispatch<H: Host + ?Sized>(host: &H, apmc: u8) {
+    if apmc == APMC_CPU_HOTPLUG {
+        let s = hotplug::service(host);
+        if s != hotplug::Summary::default() {
+            smm_log!(
+                host,
+                Debug,
+                "APMC 4 done: {} insert(s), {} relocated, {} skipped, {} quarantined",
+                s.inserts,
+                s.relocated,
+                s.skipped,
+                s.quarantined
+            );
+        }
+    }
+}
+
+/// How long a CPU that lost the SMI lock waits for the monarch before it leaves SMM
+/// without running the handlers: longer than the longest hot-add service.
+pub const LOCK_WAIT_US: u64 = 60_000_000;
+/// The same wait, capped by an iteration count.
+pub const LOCK_WAIT_SPINS: u64 = 1_000_000_000;
+
+/// coreboot-style SMI lock (one CPU runs the handlers, the others wait for it and then
+/// leave) that records its owner's slot + 1 (0 = free). A CPU that finds itself recorded
+/// as owner knows its earlier run was cut short — QEMU TCG resets a CPU on INIT even
+/// inside SMM (`docs/qemu.md#t2`) — and takes the lock back instead of deadlocking every
+/// later SMI. Waiting is bounded.
+pub struct SmiLock(AtomicU32);
+
+impl SmiLock {
+    /// A free lock.
+    pub const fn new() -> Self {
+        Self(AtomicU32::new(0))
+    }
+
+    /// Run `f` as the monarch if this CPU (at `slot`) gets the lock; `f` learns whether
+    /// the lock was recovered from an earlier, interrupted run of this CPU. Otherwise wait
+    /// (bounded) until the monarch is done.
+    pub fn run<H: Host + ?Sized>(&self, host: &H, slot: u32, f: impl FnOnce(bool)) {
+        let me = slot + 1;
+        // A CPU is in SMM at most once at a time: if the lock names us, our own earlier
+        // run was cut short.
+        let stale = self
+            .0
+            .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if stale {
+            smm_log!(
+                host,
+                Warn,
+                "SMI lock of slot {} left by a CPU reset inside SMM: recovered",
+                slot
+            );
+        }
+        if self
+            .0
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            f(stale);
+            self.0.store(0, Ordering::Release);
+            return;
+        }
+        let start = host.now_us();
+        let mut spins = 0u64;
+        while self.0.load(Ordering::Acquire) != 0 {
+            spins += 1;
+            if spins >= LOCK_WAIT_SPINS || host.now_us().wrapping_sub(start) >= LOCK_WAIT_US {
+                smm_log!(
+                    host,
+                    Warn,
+                    "SMI lock held too long; slot {} leaves SMM without running the handlers",
+                    slot
+                );
+                return;
+            }
+            core::hint::spin_loop();
+        }
+    }
+}
+
+impl Default for SmiLock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Whether the canary at the bottom of a slot's stack (`stack_bottom`) is intact.
+///
+/// # Safety
+/// `stack_bottom` must be the lowest address of the calling CPU's own slot stack in SMRAM.
+pub unsafe fn canary_intact(stack_bottom: u32) -> bool {
+    // SAFETY: the caller guarantees the address; the canary is one aligned qword.
+    unsafe {
+        core::ptr::read_volatile(stack_bottom as usize as *const u64) == crate::layout::STACK_CANARY
+    }
+}
+
+/// Stop this CPU inside SMM for good (after memory corruption: fail closed).
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: `cli; hlt` only stops this CPU; it touches no memory.
+        unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// The panic handler of an SMM image: unreachable by construction (the object check
+/// finds no panicking code), it halts rather than return into an undefined state.
+#[macro_export]
+macro_rules! smm_panic_handler {
+    () => {
+        #[panic_handler]
+        fn panic(_: &core::panic::PanicInfo) -> ! {
+            $crate::entry::halt_forever()
+        }
+    };
+}

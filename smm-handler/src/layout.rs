@@ -1,0 +1,242 @@
+//! Where everything lives in physical memory, named once: the default-SMBASE window with
+//! the pen page (both hosts), the data structures inside the window, and the host ROM's
+//! TSEG layout. The host ROM, coreboot's glue, the payload and the tests use these names;
+//! the `const` asserts at the bottom of each part keep the regions apart and aligned.
+//!
+//! See `docs/protocol.md#the-default-smbase-window` for why each piece is where it is.
+
+use core::mem::{offset_of, size_of};
+
+use crate::slots::{Slots, MAX_SLOTS};
+
+/// A physical address range `[base, base + size)` below 4 GiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First byte.
+    pub base: u32,
+    /// Length in bytes.
+    pub size: u32,
+}
+
+impl Region {
+    /// The range `[base, base + size)`.
+    pub const fn new(base: u32, size: u32) -> Self {
+        Self { base, size }
+    }
+
+    /// One past the last byte.
+    pub const fn end(self) -> u32 {
+        self.base + self.size
+    }
+
+    /// Whether `inner` lies entirely inside `self`.
+    pub const fn contains(self, inner: Region) -> bool {
+        self.base <= inner.base && inner.end() <= self.end()
+    }
+
+    /// Whether the two ranges share a byte.
+    pub const fn overlaps(self, other: Region) -> bool {
+        self.base < other.end() && other.base < self.end()
+    }
+
+    /// Whether base and size are multiples of `align` (a power of two).
+    pub const fn is_aligned(self, align: u32) -> bool {
+        self.base.is_multiple_of(align) && self.size.is_multiple_of(align)
+    }
+
+    /// Whether `addr` lies inside the range.
+    pub const fn holds(self, addr: u64) -> bool {
+        self.base as u64 <= addr && addr < self.end() as u64
+    }
+}
+
+/// SMBASE of a CPU that has never been relocated (its reset value).
+pub const DEFAULT_SMBASE: u32 = 0x3_0000;
+/// A CPU enters SMM at SMBASE + this offset, in 16-bit mode with CS base = SMBASE.
+pub const SMM_ENTRY_OFFSET: u32 = 0x8000;
+/// The address range one SMBASE spans: the entry point at +0x8000, the save state at the
+/// top (`crate::save_state::MAP_OFFSET`).
+pub const SMBASE_SPAN: u32 = 0x1_0000;
+
+/// The default-SMBASE window and what lives in it (`docs/protocol.md#the-default-smbase-window`).
+pub mod window {
+    use super::{Region, DEFAULT_SMBASE, SMM_ENTRY_OFFSET};
+    use crate::save_state;
+
+    /// The default-SMBASE window: MCH register 0x9C turns these 128 KiB into SMRAM when
+    /// it is locked, so only SMM can read or write them afterwards.
+    pub const WINDOW: Region = Region::new(DEFAULT_SMBASE, 0x2_0000);
+    /// The first-SMI handler's [`super::Context`] (gate, new SMBASE, arrival marks).
+    pub const CONTEXT: Region = Region::new(DEFAULT_SMBASE, 0x1000);
+    /// The boot info coreboot's ramstage records for SMM ([`crate::boot_info::BootInfo`]).
+    pub const BOOT_INFO: Region = Region::new(DEFAULT_SMBASE + 0x1000, 0x1000);
+    /// The host ROM's boot mailbox ([`super::BootMailbox`]): used only at boot, before the
+    /// lock, while the present CPUs are relocated.
+    pub const BOOT_MAILBOX: Region = Region::new(DEFAULT_SMBASE + 0x2000, 0x1000);
+    /// The host ROM's AP start-up page (SIPI vector 0x33), used only at boot.
+    pub const AP_TRAMPOLINE: Region = Region::new(DEFAULT_SMBASE + 0x3000, 0x1000);
+    /// Where a CPU at the default SMBASE enters SMM: the first-SMI handler after boot, the
+    /// boot relocation stub during boot. It ends where the shared save state begins.
+    pub const HANDLER: Region = Region::new(
+        DEFAULT_SMBASE + SMM_ENTRY_OFFSET,
+        save_state::MAP_OFFSET - SMM_ENTRY_OFFSET,
+    );
+    /// The one save state every CPU at the default SMBASE writes on SMM entry.
+    pub const SAVE_STATE: Region = Region::new(
+        DEFAULT_SMBASE + save_state::MAP_OFFSET,
+        save_state::MAP_SIZE,
+    );
+    /// The post-SMM pen: one page of ordinary (OS-writable) RAM right above the window,
+    /// reserved in the memory map. A relocated CPU returns from SMM here and halts.
+    pub const PEN: Region = Region::new(0x5_0000, 0x1000);
+    /// Offset in the pen page of the byte the pen code sets when it ran.
+    pub const PEN_SIGNAL: u32 = 0xFFF;
+    /// What the memory map must reserve: the window and the pen page.
+    pub const RESERVED: Region = Region::new(WINDOW.base, PEN.end() - WINDOW.base);
+
+    const PARTS: [Region; 6] = [
+        CONTEXT,
+        BOOT_INFO,
+        BOOT_MAILBOX,
+        AP_TRAMPOLINE,
+        HANDLER,
+        SAVE_STATE,
+    ];
+    const _: () = {
+        let mut i = 0;
+        while i < PARTS.len() {
+            assert!(WINDOW.contains(PARTS[i]));
+            let mut j = i + 1;
+            while j < PARTS.len() {
+                assert!(!PARTS[i].overlaps(PARTS[j]));
+                j += 1;
+            }
+            i += 1;
+        }
+    };
+    // A SIPI vector names a 4 KiB page below 1 MiB.
+    const _: () = assert!(PEN.is_aligned(0x1000) && PEN.end() <= 0xA_0000);
+    const _: () = assert!(AP_TRAMPOLINE.is_aligned(0x1000) && HANDLER.base.is_multiple_of(0x1000));
+    const _: () = assert!(!WINDOW.overlaps(PEN) && WINDOW.end() == PEN.base);
+    const _: () = assert!(SAVE_STATE.end() == DEFAULT_SMBASE + super::SMBASE_SPAN);
+}
+
+/// Value of [`Context::gate`] when no CPU may pass: all-ones differs from every 32-bit
+/// APIC ID, so a closed gate can never match a knocking CPU.
+pub const GATE_CLOSED: u64 = u64::MAX;
+/// Entries of [`Context::arrived`]: one per xAPIC ID.
+pub const ARRIVED_ENTRIES: usize = 256;
+
+/// The first-SMI handler's context at [`window::CONTEXT`]. The handler (16-bit assembly)
+/// reaches every field through the `offset_of!` constants this struct feeds it; SMM
+/// reaches them through [`crate::first_smi::FixedWindow`].
+#[repr(C)]
+pub struct Context {
+    /// All-ones = closed ([`GATE_CLOSED`]), else the one APIC ID SMM admits next. Opened
+    /// only by SMM, closed by the admitted CPU, both with a compare-and-swap (R8).
+    pub gate: u64,
+    /// The SMBASE the admitted CPU writes into its save state (chosen by SMM only, R9).
+    pub new_smbase: u32,
+    /// Reserved (edk2 keeps IA32_FEATURE_CONTROL here; this handler does not).
+    pub _reserved0: [u8; 13],
+    /// Set to 1 by the admitted CPU right before its RSM.
+    pub about_to_leave: u8,
+    /// Reserved.
+    pub _reserved1: [u8; 2],
+    /// The arrival mark the handler stores: non-zero, so 0 means "not arrived".
+    pub round: u32,
+    /// Reserved.
+    pub _reserved2: [u8; 0xE0],
+    /// `arrived[apic_id]`: the round in which a CPU with that APIC ID reached the
+    /// handler (0 = never), for APIC IDs below [`ARRIVED_ENTRIES`].
+    pub arrived: [u32; ARRIVED_ENTRIES],
+}
+
+const _: () = assert!(size_of::<Context>() as u32 <= window::CONTEXT.size);
+const _: () = assert!(offset_of!(Context, gate).is_multiple_of(8));
+const _: () = assert!(offset_of!(Context, arrived) == 0x100);
+
+/// The host ROM's boot mailbox at [`window::BOOT_MAILBOX`]: the boot CPU writes each
+/// present CPU's new SMBASE by APIC ID, then sends that CPU an SMI; the boot relocation
+/// stub at the default SMBASE copies it into the save state and says it is done.
+#[repr(C)]
+pub struct BootMailbox {
+    /// New SMBASE per APIC ID (0 = this CPU is not to be relocated).
+    pub new_smbase: [u32; ARRIVED_ENTRIES],
+    /// Set to 1 by the stub once `new_smbase[apic_id]` was written into the save state.
+    pub done: [u8; ARRIVED_ENTRIES],
+    /// The APIC ID of a CPU the stub had no SMBASE for.
+    pub unknown_apic: u32,
+    /// Set to 1 when such a CPU entered the stub (the boot stops: fail closed).
+    pub unknown: u8,
+}
+
+const _: () = assert!(size_of::<BootMailbox>() as u32 <= window::BOOT_MAILBOX.size);
+
+/// The host ROM's TSEG: 1 MiB at the top of low RAM, laid out like coreboot's x86_64 TSEG
+/// build. Offsets are from the TSEG base.
+pub mod tseg {
+    use super::{Region, SMBASE_SPAN, SMM_ENTRY_OFFSET};
+    use crate::save_state;
+    use crate::slots::MAX_SLOTS;
+
+    /// TSEG size (ESMRAMC TSEG_SZ = 1 MiB).
+    pub const SIZE: u32 = 1 << 20;
+    /// Identity map of 4 GiB with 2 MiB pages: PML4, PDPT, four page directories.
+    pub const PAGE_TABLES: Region = Region::new(0, 0x6000);
+    /// The GDT the slot stubs load (null, 32-bit code, data, 64-bit code).
+    pub const GDT: Region = Region::new(0x6000, 0x1000);
+    /// The relocatable SMM module (the host ROM's SMM entry and the handler).
+    pub const MODULE: Region = Region::new(0x8000, 0x3_8000);
+    /// Bytes of one slot's stack; its lowest 8 bytes hold [`super::STACK_CANARY`].
+    pub const SLOT_STACK_SIZE: u32 = 0x800;
+    /// One stack per slot: slot i's is `[STACKS.base + i * SLOT_STACK_SIZE, + SLOT_STACK_SIZE)`.
+    pub const STACKS: Region = Region::new(0x4_0000, MAX_SLOTS as u32 * SLOT_STACK_SIZE);
+    /// Slot 0's SMBASE: its save state ends exactly at the top of TSEG.
+    pub const TOP_SMBASE: u32 = SIZE - SMBASE_SPAN;
+    /// Distance between the SMBASEs of neighbouring slots: the entry stubs (at most 0x200
+    /// bytes at SMBASE + 0x8000) and the save states (SMBASE + 0xFE00) of all slots
+    /// interleave without overlap, as in coreboot's SMM layout.
+    pub const SLOT_STRIDE: u32 = 0x400;
+    /// Most bytes of a slot's entry stub.
+    pub const STUB_MAX: u32 = 0x200;
+    /// The slots' entry stubs and save states, from the lowest slot's stub to the top.
+    pub const SLOTS: Region = Region::new(
+        slot_smbase(0, MAX_SLOTS as u32 - 1) + SMM_ENTRY_OFFSET,
+        SIZE - (slot_smbase(0, MAX_SLOTS as u32 - 1) + SMM_ENTRY_OFFSET),
+    );
+
+    /// SMBASE of slot `i` in a TSEG at `tseg_base`.
+    pub const fn slot_smbase(tseg_base: u32, i: u32) -> u32 {
+        tseg_base + TOP_SMBASE - i * SLOT_STRIDE
+    }
+
+    /// Slot i's stack bottom (lowest address, where the canary lives).
+    pub const fn slot_stack(tseg_base: u32, i: u32) -> u32 {
+        tseg_base + STACKS.base + i * SLOT_STACK_SIZE
+    }
+
+    const TSEG: Region = Region::new(0, SIZE);
+    const PARTS: [Region; 5] = [PAGE_TABLES, GDT, MODULE, STACKS, SLOTS];
+    const _: () = {
+        let mut i = 0;
+        while i < PARTS.len() {
+            assert!(TSEG.contains(PARTS[i]));
+            let mut j = i + 1;
+            while j < PARTS.len() {
+                assert!(!PARTS[i].overlaps(PARTS[j]));
+                j += 1;
+            }
+            i += 1;
+        }
+    };
+    // A stub never reaches the next slot's save state, and the stride keeps both apart.
+    const _: () = assert!(STUB_MAX <= SLOT_STRIDE && save_state::MAP_SIZE <= SLOT_STRIDE);
+    const _: () = assert!(SMM_ENTRY_OFFSET + STUB_MAX <= save_state::MAP_OFFSET);
+    const _: () = assert!(PAGE_TABLES.is_aligned(0x1000) && STACKS.base.is_multiple_of(16));
+}
+
+/// The value the lowest qword of every slot stack holds; SMM checks it on the way out.
+pub const STACK_CANARY: u64 = 0x5AFE_57AC_C0DE_CAFE;
+
+const _: () = assert!(size_of::<Slots>() <= 2 * 4 * MAX_SLOTS + 8);

@@ -1,0 +1,166 @@
+//! The SMI entry steps both hosts share (`smm_handler::entry`): `SmiEntries::begin` and
+//! the owner-aware `SmiLock`, against the simulated host in tests/common (its clock
+//! advances by `TICK_US` on every read).
+
+mod common;
+
+use std::cell::Cell;
+
+use common::{Machine, TICK_US};
+use q35::ich9::APM_CNT;
+use q35::io::PortIo;
+use smm_handler::entry::{Entry, SmiEntries, SmiLock, APMC_CPU_HOTPLUG, LOCK_WAIT_US};
+use smm_handler::slots::{ACTIVE, MAX_SLOTS, RELOCATING};
+
+// ---- SmiEntries::begin ----------------------------------------------------------------------
+
+#[test]
+fn begin_counts_every_entry_per_slot_and_passes_on_the_apmc_command() {
+    let m = Machine::dense(4, 4);
+    let e = SmiEntries::new();
+    m.ports.outb(APM_CNT, APMC_CPU_HOTPLUG);
+    let go_on = Entry::Continue {
+        apmc: APMC_CPU_HOTPLUG,
+    };
+
+    for _ in 0..3 {
+        assert_eq!(e.begin(&m.ports, &m.slots, 0, 0), go_on);
+    }
+    assert_eq!(e.begin(&m.ports, &m.slots, 2, 0), go_on);
+
+    assert_eq!(e.count(0), 3);
+    assert_eq!(e.count(1), 0, "a slot without SMIs counts none");
+    assert_eq!(e.count(2), 1);
+    assert_eq!(e.count(3), 0);
+}
+
+#[test]
+fn begin_sends_a_cpu_of_a_relocating_slot_out_before_the_lock() {
+    let m = Machine::dense(4, 4);
+    let e = SmiEntries::new();
+    m.ports.outb(APM_CNT, APMC_CPU_HOTPLUG);
+    m.slots.set(1, RELOCATING, 1);
+
+    assert_eq!(e.begin(&m.ports, &m.slots, 1, 0), Entry::Leave, "R12");
+    assert_eq!(e.count(1), 1, "the entry is still counted");
+    assert_eq!(
+        e.begin(&m.ports, &m.slots, 0, 0),
+        Entry::Continue {
+            apmc: APMC_CPU_HOTPLUG
+        },
+        "other slots are not affected"
+    );
+
+    // Once the relocation is finished the slot's SMIs go on to the lock.
+    m.slots.set(1, ACTIVE, 1);
+    assert_eq!(
+        e.begin(&m.ports, &m.slots, 1, 0),
+        Entry::Continue {
+            apmc: APMC_CPU_HOTPLUG
+        }
+    );
+    assert_eq!(e.count(1), 2);
+}
+
+#[test]
+fn begin_sends_a_cpu_of_a_slot_beyond_the_table_out_and_counts_nothing() {
+    let m = Machine::dense(4, 4);
+    let e = SmiEntries::new();
+    m.ports.outb(APM_CNT, APMC_CPU_HOTPLUG);
+
+    for slot in [MAX_SLOTS as u32, MAX_SLOTS as u32 + 1, u32::MAX] {
+        assert_eq!(
+            e.begin(&m.ports, &m.slots, slot, 0),
+            Entry::Leave,
+            "slot {slot}"
+        );
+        assert_eq!(e.count(slot), 0);
+    }
+    assert!((0..MAX_SLOTS as u32).all(|n| e.count(n) == 0));
+}
+
+// ---- SmiLock ----------------------------------------------------------------------------------
+
+#[test]
+fn a_second_cpu_waiting_on_a_held_lock_leaves_after_a_wait_bounded_by_the_clock() {
+    let m = Machine::dense(2, 2);
+    let lock = SmiLock::new();
+    let (monarch_ran, waiter_ran) = (Cell::new(None), Cell::new(false));
+    let t0 = m.now();
+
+    lock.run(&m, 0, |recovered| {
+        monarch_ran.set(Some(recovered));
+        // While slot 0 holds the lock, the CPU of slot 1 takes an SMI and waits for it.
+        lock.run(&m, 1, |_| waiter_ran.set(true));
+    });
+
+    assert_eq!(
+        monarch_ran.get(),
+        Some(false),
+        "a free lock is not a recovered one"
+    );
+    assert!(!waiter_ran.get(), "the waiter never runs the handlers");
+    let waited = m.now() - t0;
+    assert!(waited >= LOCK_WAIT_US, "left after {waited} us");
+    // It left at the first clock reading past the bound: the clock ended the wait, not
+    // the spin cap.
+    assert!(
+        waited < LOCK_WAIT_US + 2 * TICK_US,
+        "left after {waited} us"
+    );
+    assert!(
+        m.now_calls() <= LOCK_WAIT_US / TICK_US + 1,
+        "{}",
+        m.now_calls()
+    );
+    assert_eq!(
+        m.logs_with("SMI lock held too long; slot 1 leaves SMM without running the handlers")
+            .len(),
+        1,
+        "{:#?}",
+        m.logs()
+    );
+
+    // The monarch released the lock: the next CPU runs at once, without waiting.
+    let calls = m.now_calls();
+    let next = Cell::new(None);
+    lock.run(&m, 1, |recovered| next.set(Some(recovered)));
+    assert_eq!(next.get(), Some(false));
+    assert_eq!(m.now_calls(), calls, "no wait on a free lock");
+}
+
+#[test]
+fn a_cpu_that_finds_itself_recorded_as_owner_takes_the_lock_back_as_recovered() {
+    let m = Machine::dense(4, 4);
+    let lock = SmiLock::new();
+    let (first, again) = (Cell::new(None), Cell::new(None));
+
+    lock.run(&m, 3, |recovered| {
+        first.set(Some(recovered));
+        // The CPU of slot 3 is reset inside SMM (QEMU TCG honours INIT there,
+        // `docs/qemu.md#t2`) while it holds the lock, and its next SMI finds the lock
+        // still naming slot 3: its own run was cut short.
+        lock.run(&m, 3, |recovered| again.set(Some(recovered)));
+    });
+
+    assert_eq!(first.get(), Some(false));
+    assert_eq!(
+        again.get(),
+        Some(true),
+        "the lock was recovered, not waited on"
+    );
+    assert_eq!(m.now_calls(), 0, "no wait at all");
+    assert_eq!(
+        m.logs_with("SMI lock of slot 3 left by a CPU reset inside SMM: recovered")
+            .len(),
+        1,
+        "{:#?}",
+        m.logs()
+    );
+
+    // Released afterwards: another CPU takes it normally.
+    let other = Cell::new(None);
+    lock.run(&m, 0, |recovered| other.set(Some(recovered)));
+    assert_eq!(other.get(), Some(false));
+    assert_eq!(m.logs_with("recovered").len(), 1);
+}
