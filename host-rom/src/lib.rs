@@ -369,8 +369,10 @@ fn setup_smm(
     let insecure = cfg.find_file(INSECURE_FILE).is_some();
     if insecure {
         log::warn!(
-            "INSECURE: {} given: first-SMI handler not installed, 0x30000-0x4FFFF left open",
-            INSECURE_FILE
+            "INSECURE: {} given: first-SMI handler not installed, {:#X}-{:#X} left open",
+            INSECURE_FILE,
+            window::WINDOW.base,
+            window::WINDOW.end() - 1
         );
     }
     smm::lock::install_and_lock(default_window && !insecure, tseg_base)

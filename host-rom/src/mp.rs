@@ -4,6 +4,7 @@
 //! drives during SMM setup. At hand-off every AP parks in `cli; hlt` inside the
 //! firmware's reserved window, where the payload can restart it with INIT-SIPI-SIPI.
 
+use core::ptr::addr_of;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use q35::lapic;
 
@@ -13,17 +14,26 @@ use crate::timer;
 pub const AP_TRAMPOLINE: u32 = smm_handler::layout::window::AP_TRAMPOLINE.base;
 /// Most CPUs the ROM starts (one per SMM slot).
 pub const MAX_CPUS: usize = smm_handler::slots::MAX_SLOTS;
+/// Bytes of each AP's stack (`AP_STACKS`, picked by `host-rom/asm/mp.S`).
 const AP_STACK_SIZE: usize = 16 * 1024;
 
+/// Mailbox command: nothing to do (also what the AP writes back when done).
 pub const CMD_IDLE: u32 = 0;
+/// Mailbox command: raise an SMI and record which slot served it.
 pub const CMD_SMM_QUERY: u32 = 1;
+/// Mailbox command: park in `cli; hlt` for good.
 pub const CMD_PARK: u32 = 2;
 
 /// Per AP (index = order of check-in, from 1): APIC ID, command, result.
 pub struct ApSlot {
+    /// The AP's APIC ID (`u32::MAX` until it checked in).
     pub apic_id: AtomicU32,
+    /// The BSP's command (`CMD_*`); the AP sets it back to [`CMD_IDLE`] when done.
     pub cmd: AtomicU32,
+    /// [`CMD_SMM_QUERY`] result: `slot | smbase << 32` of the slot that served the SMI
+    /// (`u64::MAX` if SMM did not answer).
     pub result_slot: AtomicU64,
+    /// [`CMD_SMM_QUERY`] result: the SMI entry count SMM reported.
     pub result_count: AtomicU64,
 }
 
@@ -34,60 +44,25 @@ const AP_INIT: ApSlot = ApSlot {
     result_slot: AtomicU64::new(0),
     result_count: AtomicU64::new(0),
 };
+/// The AP mailboxes, by 1-based arrival index (entry 0, the BSP's, is unused).
 pub static APS: [ApSlot; MAX_CPUS] = [AP_INIT; MAX_CPUS];
+/// APs that checked in.
 pub static CHECKED_IN: AtomicU32 = AtomicU32::new(0);
 
+/// The APs' stacks; AP `i` (from 1) runs on the `i - 1`th.
 #[repr(C, align(16))]
 struct Stacks([u8; AP_STACK_SIZE * MAX_CPUS]);
 #[no_mangle]
 static mut AP_STACKS: Stacks = Stacks([0; AP_STACK_SIZE * MAX_CPUS]);
 
 core::arch::global_asm!(
-    r#"
-    .section .rodata.ap_trampoline, "a"
-    .code16
-    .global ap_trampoline_start
-ap_trampoline_start:
-    cli
-    cld
-    lgdtl %cs:(ap_gdt_desc - ap_trampoline_start)
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    ljmpl $0x08, $({base} + ap_trampoline32 - ap_trampoline_start)
-    .code32
-ap_trampoline32:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movl $enter_long_mode32, %eax
-    jmp *%eax
-    .balign 4
-ap_gdt_desc:
-    .word 31
-    .long rom_gdt
-    .global ap_trampoline_end
-ap_trampoline_end:
-
-    .section .text.ap_entry64, "ax"
-    .code64
-    .global ap_entry64
-ap_entry64:
-    /* eax = 1-based AP index from the entry counter; stack = AP_STACKS[index - 1]. */
-    cmpl ${max}, %eax
-    jae 2f
-    movl %eax, %edi
-    movl %eax, %ecx
-    imulq ${size}, %rcx
-    leaq AP_STACKS(%rip), %rsp
-    addq %rcx, %rsp
-    call ap_main
-2:  cli
-    hlt
-    jmp 2b
-"#,
-    base = const AP_TRAMPOLINE,
+    concat!(
+        include_str!("../../platform/asm/gdt.S"),
+        include_str!("../../platform/asm/long_mode.S"),
+        include_str!("../../platform/asm/ap_trampoline.S"),
+        include_str!("../../platform/asm/ap_entry64.S"),
+        include_str!("../asm/mp.S")
+    ),
     max = const MAX_CPUS,
     size = const AP_STACK_SIZE,
     options(att_syntax)
@@ -95,9 +70,31 @@ ap_entry64:
 
 extern "C" {
     static ap_trampoline_start: u8;
+    static ap_trampoline32: u8;
+    static ap_trampoline_far: u8;
     static ap_trampoline_end: u8;
 }
 
+/// Copy the AP trampoline (`platform/asm/ap_trampoline.S`) to [`AP_TRAMPOLINE`] and
+/// point its far jump at the copy's 32-bit code.
+///
+/// # Safety
+/// The trampoline page must be RAM that nothing else uses.
+unsafe fn install_trampoline() {
+    // SAFETY: the four symbols lie in one blob in .rodata, in this order; the caller
+    // owns the page, which is larger than the blob.
+    unsafe {
+        let s = addr_of!(ap_trampoline_start);
+        let len = addr_of!(ap_trampoline_end) as usize - s as usize;
+        let far = addr_of!(ap_trampoline_far) as usize - s as usize;
+        let off32 = addr_of!(ap_trampoline32) as usize - s as usize;
+        core::ptr::copy_nonoverlapping(s, AP_TRAMPOLINE as usize as *mut u8, len);
+        let p = (AP_TRAMPOLINE as usize + far) as *mut u32;
+        p.write_unaligned(AP_TRAMPOLINE + off32 as u32);
+    }
+}
+
+/// An AP's Rust entry (from `host-rom/asm/mp.S`): check in, then serve the mailbox.
 #[no_mangle]
 extern "sysv64" fn ap_main(index: u32) -> ! {
     let i = index as usize;
@@ -130,17 +127,9 @@ pub fn park() -> ! {
 /// Copy the trampoline to `AP_TRAMPOLINE` and start every present CPU except this one
 /// with INIT-SIPI-SIPI; wait (bounded) until `expected` APs checked in.
 pub fn start_aps(apic_ids: &[u32], bsp_apic: u32) -> Result<u32, u32> {
-    // SAFETY: the linker places both symbols around one blob in .rodata.
-    let (start, end) = unsafe {
-        (
-            &ap_trampoline_start as *const u8,
-            &ap_trampoline_end as *const u8,
-        )
-    };
-    let len = end as usize - start as usize;
     // SAFETY: the trampoline page is RAM that nothing uses before SMM setup (inside the
     // default-SMBASE window, which stays unlocked until after MP init).
-    unsafe { core::ptr::copy_nonoverlapping(start, AP_TRAMPOLINE as *mut u8, len) };
+    unsafe { install_trampoline() };
     let vector = AP_TRAMPOLINE >> 12;
     let mut expected = 0;
     for &id in apic_ids.iter().filter(|&&id| id != bsp_apic) {
@@ -180,6 +169,7 @@ pub fn run_on_ap(ap: &ApSlot, cmd: u32) -> bool {
     timer::wait_until(2_000_000, || ap.cmd.load(Ordering::SeqCst) == CMD_IDLE)
 }
 
+/// Tell every AP that checked in to park.
 pub fn park_all() {
     for ap in APS.iter().skip(1) {
         if ap.apic_id.load(Ordering::SeqCst) != u32::MAX {

@@ -1,67 +1,35 @@
-//! The SMM entry stub copied to every slot at SMBASE+0x8000, imitating coreboot's
-//! x86_64 smm_stub.S: real mode → protected mode → long mode with an identity map of
-//! 4 GiB, CR4 = PAE only (SSE stays off), a small stack per slot, then the module's
-//! Rust entry, then RSM. Each copy carries its own parameters at offset 0x100,
-//! reached through CS (whose base is the slot's SMBASE) in real mode and through EBX
-//! (the copy's absolute address) afterwards.
+//! The SMM entry stub copied to every slot at SMBASE+0x8000 (`host-rom/asm/smm_stub.S`),
+//! imitating coreboot's x86_64 smm_stub.S: real mode → protected mode → long mode with
+//! an identity map of 4 GiB, CR4 = PAE only (SSE stays off), a small stack per slot,
+//! then the module's Rust entry, then RSM. Each copy carries its own parameters at
+//! offset 0x100, reached through CS (whose base is the slot's SMBASE) in real mode and
+//! through EBX (the copy's absolute address) afterwards. Also the boot GDT's bytes
+//! (`platform/asm/gdt.S`) for TSEG.
 
-/// Per-copy parameters (offsets from the stub start).
-pub const P_GDT: usize = 0x100; // u16 limit, u32 base
-pub const P_SELF: usize = 0x108; // u32 absolute address of this copy
+// Per-copy parameters: offsets from the stub start, filled in by `smm/tseg.rs`.
+/// Parameter: lgdt operand for TSEG's GDT (u16 limit, u32 base).
+pub const P_GDT: usize = 0x100;
+/// Parameter: u32 linear address of this copy (loaded into EBX).
+pub const P_SELF: usize = 0x108;
+/// Parameter: u32 address of TSEG's PML4 (CR3).
 pub const P_CR3: usize = 0x10C;
-pub const P_FAR32: usize = 0x110; // m16:32 to the 32-bit part
-pub const P_FAR64: usize = 0x118; // m16:32 to the 64-bit part
-pub const P_ENTRY: usize = 0x120; // u64
-pub const P_STACK: usize = 0x128; // u64 stack top
-pub const P_SLOT: usize = 0x130; // u32
+/// Parameter: m16:32 far pointer to this copy's 32-bit part.
+pub const P_FAR32: usize = 0x110;
+/// Parameter: m16:32 far pointer to this copy's 64-bit part.
+pub const P_FAR64: usize = 0x118;
+/// Parameter: u64 address of the SMM module's Rust entry.
+pub const P_ENTRY: usize = 0x120;
+/// Parameter: u64 top of the slot's stack.
+pub const P_STACK: usize = 0x128;
+/// Parameter: u32 slot number, the entry's argument.
+pub const P_SLOT: usize = 0x130;
 
 core::arch::global_asm!(
-    r#"
-    .section .rodata.smm_stub, "a"
-    .code16
-    .global smm_stub_start
-smm_stub_start:
-    movl %cs:(0x8000 + {self_}), %ebx
-    lgdtl %cs:(0x8000 + {gdt})
-    movl %cr0, %eax
-    orl $1, %eax
-    movl %eax, %cr0
-    ljmpl *%cs:(0x8000 + {far32})
-    .code32
-    .global smm_stub32
-smm_stub32:
-    movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movw %ax, %fs
-    movw %ax, %gs
-    movl {cr3}(%ebx), %eax
-    movl %eax, %cr3
-    movl $0x20, %eax
-    movl %eax, %cr4
-    movl $0xC0000080, %ecx
-    rdmsr
-    orl $0x100, %eax
-    wrmsr
-    movl %cr0, %eax
-    andl $0x9FFFFFFF, %eax
-    orl $0x80000001, %eax
-    movl %eax, %cr0
-    ljmpl *{far64}(%ebx)
-    .code64
-    .global smm_stub64
-smm_stub64:
-    movq {stack}(%rbx), %rsp
-    movl {slot}(%rbx), %edi
-    movq {entry}(%rbx), %rax
-    call *%rax
-    rsm
-    .global smm_stub_end
-smm_stub_end:
-    .code64
-
-"#,
+    concat!(
+        include_str!("../../platform/asm/gdt.S"),
+        include_str!("../../platform/asm/long_mode.S"),
+        include_str!("../asm/smm_stub.S")
+    ),
     self_ = const P_SELF,
     gdt = const P_GDT,
     far32 = const P_FAR32,
@@ -70,6 +38,8 @@ smm_stub_end:
     stack = const P_STACK,
     slot = const P_SLOT,
     entry = const P_ENTRY,
+    sel_code32 = const SEL_CODE32,
+    sel_code64 = const SEL_CODE64,
     options(att_syntax)
 );
 
@@ -78,8 +48,8 @@ extern "C" {
     static smm_stub32: u8;
     static smm_stub64: u8;
     static smm_stub_end: u8;
-    static rom_gdt: u8;
-    static rom_gdt_end: u8;
+    static boot_gdt: u8;
+    static boot_gdt_end: u8;
 }
 
 fn span(a: *const u8, b: *const u8) -> &'static [u8] {
@@ -87,12 +57,18 @@ fn span(a: *const u8, b: *const u8) -> &'static [u8] {
     unsafe { core::slice::from_raw_parts(a, b as usize - a as usize) }
 }
 
+/// The stub's code and the offsets of its 32- and 64-bit parts (the far pointers'
+/// targets in each copy).
 pub struct StubCode {
+    /// The whole stub, from `smm_stub_start` to `smm_stub_end`.
     pub code: &'static [u8],
+    /// Offset of `smm_stub32` (target of the `P_FAR32` far pointer).
     pub off32: usize,
+    /// Offset of `smm_stub64` (target of the `P_FAR64` far pointer).
     pub off64: usize,
 }
 
+/// The assembled stub, to be copied to each slot's SMBASE + 0x8000.
 pub fn smm_stub() -> StubCode {
     // SAFETY: addresses of symbols defined in the global_asm above.
     let (s, s32, s64, e) = unsafe {
@@ -110,16 +86,17 @@ pub fn smm_stub() -> StubCode {
     }
 }
 
-/// The flat GDT of the boot code (null, 32-bit code, data, 64-bit code), which the slot
-/// stubs load too.
+/// The flat GDT of the boot code (null, 32-bit code, data, 64-bit code; the one copy in
+/// `platform/asm/gdt.S`), which the slot stubs load too.
 pub fn gdt() -> &'static [u8] {
     span(
-        core::ptr::addr_of!(rom_gdt),
-        core::ptr::addr_of!(rom_gdt_end),
+        core::ptr::addr_of!(boot_gdt),
+        core::ptr::addr_of!(boot_gdt_end),
     )
 }
 
-/// GDT selector of the flat 32-bit code segment.
+/// GDT selector of the flat 32-bit code segment (`GDT_SEL_CODE32` of `gdt.S`; the
+/// stub's assembly checks that they agree).
 pub const SEL_CODE32: u16 = 0x08;
-/// GDT selector of the 64-bit code segment.
+/// GDT selector of the 64-bit code segment (`GDT_SEL_CODE64` of `gdt.S`, checked too).
 pub const SEL_CODE64: u16 = 0x18;

@@ -26,16 +26,15 @@ pub(crate) struct Ap {
     pub done: AtomicU32,
 }
 
-/// An AP record before its AP checked in.
-#[allow(clippy::declare_interior_mutable_const)]
-const AP_INIT: Ap = Ap {
-    apic: AtomicU32::new(u32::MAX),
-    slot: AtomicU64::new(0),
-    count: AtomicU64::new(0),
-    done: AtomicU32::new(0),
-};
 /// One record per CPU the payload started (index 0 is the BSP's, unused).
-pub(crate) static APS: [Ap; MAX_CPUS] = [AP_INIT; MAX_CPUS];
+pub(crate) static APS: [Ap; MAX_CPUS] = [const {
+    Ap {
+        apic: AtomicU32::new(u32::MAX),
+        slot: AtomicU64::new(0),
+        count: AtomicU64::new(0),
+        done: AtomicU32::new(0),
+    }
+}; MAX_CPUS];
 /// APs that checked in.
 pub(crate) static STARTED: AtomicU32 = AtomicU32::new(0);
 

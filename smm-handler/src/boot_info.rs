@@ -18,7 +18,7 @@ pub struct BootInfo {
     /// on no APIC ID other than the boot CPUs' (R6).
     pub possible_count: u32,
     /// TSC ticks per microsecond, calibrated at boot against the PM timer. SMM trusts
-    /// only the TSC: the PM timer's PMBASE is OS-writable (`docs/qemu.md`).
+    /// only the TSC: the PM timer's PMBASE is OS-writable (`docs/qemu.md#q-pm-timer`).
     pub tsc_per_us: u64,
     /// SMM log level (`crate::log::Level as u32`); lines above it are dropped.
     pub log_level: u32,

@@ -3,7 +3,7 @@
 //! The caller writes [`APMC_DIAG_QUERY`] to port 0xB2 with `RAX = MAGIC << 32 | cmd`.
 //! With broadcast SMIs every CPU enters SMM, so each CPU answers only in its *own* save
 //! state, and only if that save state carries the magic: there is no "which CPU called"
-//! guess, which broadcast SMIs make unreliable (`docs/qemu.md`). The answer reveals the caller's own slot index, SMBASE and
+//! guess, which broadcast SMIs make unreliable (`docs/qemu.md#q-apmc-caller`). The answer reveals the caller's own slot index, SMBASE and
 //! entry count, nothing the caller could use to change SMM; it writes nothing but the
 //! caller's own saved RAX/RSI/RDI.
 

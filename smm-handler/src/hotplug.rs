@@ -194,7 +194,7 @@ fn add_stragglers<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BA
 }
 
 /// The arrival barrier: no SMI may still be on its way to a default-SMBASE CPU while the
-/// gate is open (`docs/qemu.md`), so every candidate must have arrived, or be cancelled,
+/// gate is open (`docs/qemu.md#q-late-entry`), so every candidate must have arrived, or be cancelled,
 /// first. Removes the ones that never arrived and returns how many.
 fn arrival_barrier<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
     let w = h.window();

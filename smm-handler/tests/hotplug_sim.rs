@@ -500,7 +500,7 @@ fn init_is_never_sent_to_a_cpu_that_arrived() {
 #[test]
 fn an_smi_still_on_its_way_when_init_is_sent_is_cancelled_and_the_cpu_recovered_later() {
     // A slow vCPU: its SMI IPI would land after the INIT (TCG: INIT discards it), i.e.
-    // never while a gate is open (`docs/qemu.md`). The next SMI picks it up.
+    // never while a gate is open (`docs/protocol.md#the-arrival-barrier`). The next SMI picks it up.
     let m = Machine::dense(3, 3);
     m.hot_add(1, Behaviour::AfterSmiIpi);
     m.set_smi_delay(1, 500);

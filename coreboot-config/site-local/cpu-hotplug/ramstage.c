@@ -11,10 +11,6 @@
 #include <cpu/x86/smm.h>
 #include "rust_cpu_hotplug.h"
 
-/* 0x30000-0x4FFFF (SMRAM at default SMBASE) and the pen page at 0x50000. */
-#define CPU_HOTPLUG_RESERVED_BASE 0x30000
-#define CPU_HOTPLUG_RESERVED_SIZE 0x21000
-
 static void console_write(uint32_t level, const uint8_t *buf, size_t len)
 {
 	printk(rust_cpu_hotplug_bios_level(level), "%.*s", (int)len, (const char *)buf);
@@ -45,10 +41,13 @@ void cpu_hotplug_post_mp_init(void)
 		die("CPU hotplug: locking SMRAM at the default SMBASE failed (%d)\n", ret);
 }
 
+/* The default-SMBASE window and the pen page, as the Rust layout defines them. */
 void bootmem_platform_add_ranges(void)
 {
-	bootmem_add_range(CPU_HOTPLUG_RESERVED_BASE, CPU_HOTPLUG_RESERVED_SIZE,
-			  BM_MEM_RESERVED);
+	uint32_t base, size;
+
+	rust_cpu_hotplug_reserved_range(&base, &size);
+	bootmem_add_range(base, size, BM_MEM_RESERVED);
 }
 
 /* Fail closed, whatever MP init did: never hand over with SMRAM open or unlocked. */

@@ -63,6 +63,7 @@ int rust_cpu_hotplug_possible_cpus(void);
 int rust_cpu_hotplug_post_mp_init(uint16_t *apic_id_to_cpu, uint32_t log_level,
 				  rust_console_write_fn console);
 int rust_cpu_hotplug_smram_locked(void);
+void rust_cpu_hotplug_reserved_range(uint32_t *base, uint32_t *size);
 
 /* Rust, smm */
 void rust_cpu_hotplug_apmc(const struct rust_cpu_hotplug_env *env);

@@ -226,3 +226,21 @@ pub unsafe extern "C" fn rust_cpu_hotplug_post_mp_init(
 pub extern "C" fn rust_cpu_hotplug_smram_locked() -> i32 {
     i32::from(arming::check_locked(&HwPorts, None, state().default_window).is_ok())
 }
+
+/// The range the memory map must reserve: the default-SMBASE window and the pen page
+/// (`smm_handler::layout::window::RESERVED`).
+///
+/// # Safety
+/// `base` and `size` are NULL or point to writable `uint32_t`s.
+#[no_mangle]
+pub unsafe extern "C" fn rust_cpu_hotplug_reserved_range(base: *mut u32, size: *mut u32) {
+    // SAFETY: the caller passes valid pointers or NULL (`as_mut` handles NULL).
+    unsafe {
+        if let Some(b) = base.as_mut() {
+            *b = window::RESERVED.base;
+        }
+        if let Some(s) = size.as_mut() {
+            *s = window::RESERVED.size;
+        }
+    }
+}
