@@ -8,31 +8,26 @@ payload_handoff:
     /* 1. Interrupts off; keep the stack top, which rdmsr below would clobber. */
     cli
     movl %edx, %ebp
-    /* 2. Leave long mode through the flat 32-bit code segment (selector 0x08). */
+    /* 2. Leave long mode through the flat 32-bit code segment. */
     leaq 1f(%rip), %rax
-    pushq $0x08
+    pushq $GDT_SEL_CODE32
     pushq %rax
     lretq
     .code32
-    /* 3. Flat data segments (selector 0x10). */
-1:  movw $0x10, %ax
-    movw %ax, %ds
-    movw %ax, %es
-    movw %ax, %ss
-    movw %ax, %fs
-    movw %ax, %gs
-    /* 4. Paging off: clear CR0.PG (bit 31). */
+    /* 3. Flat data segments. */
+1:  LOAD_DATA_SEGMENTS
+    /* 4. Paging off: clear CR0.PG. */
     movl %cr0, %eax
-    andl $0x7FFFFFFF, %eax
+    andl $~CR0_PG, %eax
     movl %eax, %cr0
-    /* 5. Long mode off: clear EFER.LME (bit 8 of MSR 0xC0000080). */
-    movl $0xC0000080, %ecx
+    /* 5. Long mode off: clear EFER.LME. */
+    movl $MSR_EFER, %ecx
     rdmsr
-    andl $0xFFFFFEFF, %eax
+    andl $~EFER_LME, %eax
     wrmsr
-    /* 6. PAE off: clear CR4.PAE (bit 5). */
+    /* 6. PAE off: clear CR4.PAE. */
     movl %cr4, %eax
-    andl $0xFFFFFFDF, %eax
+    andl $~CR4_PAE, %eax
     movl %eax, %cr4
     /* 7. The payload's stack, its one argument (the table) and a null return address. */
     movl %ebp, %esp

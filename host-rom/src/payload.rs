@@ -182,7 +182,14 @@ pub fn load(elf: &[u8], map: &Map, image: (u64, u64)) -> Result<u32, PayloadErro
     Ok(entry as u32)
 }
 
-core::arch::global_asm!(include_str!("../asm/handoff.S"), options(att_syntax));
+core::arch::global_asm!(
+    concat!(
+        include_str!("../../platform/asm/gdt.S"),
+        include_str!("../../platform/asm/long_mode.S"),
+        include_str!("../asm/handoff.S")
+    ),
+    options(att_syntax)
+);
 
 extern "sysv64" {
     fn payload_handoff(entry: u32, table: u32, stack: u32) -> !;
