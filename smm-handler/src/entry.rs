@@ -96,29 +96,68 @@ pub fn dispatch<H: Host + ?Sized>(host: &H, apmc: u8) {
 pub const LOCK_WAIT_US: u64 = 60_000_000;
 /// The same wait, capped by an iteration count.
 pub const LOCK_WAIT_SPINS: u64 = 1_000_000_000;
+/// A monarch that made no progress for this long is gone (INIT'd or ejected by the OS, or
+/// stalled): a waiting CPU takes the lock over and recovers. Every wait of the service
+/// reports progress on each poll, so a live monarch never comes near this.
+pub const LOCK_STALE_US: u64 = 2_000_000;
+
+/// The time of the monarch's last progress report (µs, 0 = none yet).
+pub struct Heartbeat(AtomicU64);
+
+impl Heartbeat {
+    /// No beat yet.
+    pub const fn new() -> Self {
+        Self(AtomicU64::new(0))
+    }
+
+    /// Record progress at `now_us`.
+    pub fn beat(&self, now_us: u64) {
+        self.0.store(now_us.max(1), Ordering::SeqCst);
+    }
+
+    /// Whether the last beat is at least [`LOCK_STALE_US`] older than `now_us`.
+    pub fn is_stale(&self, now_us: u64) -> bool {
+        let b = self.0.load(Ordering::SeqCst);
+        b != 0 && now_us > b && now_us - b >= LOCK_STALE_US
+    }
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// coreboot-style SMI lock (one CPU runs the handlers, the others wait for it and then
-/// leave) that records its owner's slot + 1 (0 = free). A CPU that finds itself recorded
-/// as owner knows its earlier run was cut short — QEMU TCG resets a CPU on INIT even
-/// inside SMM (`docs/qemu.md#t2`) — and takes the lock back instead of deadlocking every
-/// later SMI. Waiting is bounded.
-pub struct SmiLock(AtomicU32);
+/// leave) that records its owner's slot + 1 (0 = free) and the owner's progress. A CPU
+/// that finds itself recorded as owner knows its earlier run was cut short — QEMU TCG
+/// resets a CPU on INIT even inside SMM (`docs/qemu.md#t2`) — and takes the lock back;
+/// a waiter takes it over from an owner that made no progress for [`LOCK_STALE_US`]
+/// (INIT'd and never back, ejected, stalled). Either way the new owner runs recovery
+/// first. Waiting is bounded.
+pub struct SmiLock {
+    owner: AtomicU32,
+    heartbeat: Heartbeat,
+}
 
 impl SmiLock {
     /// A free lock.
     pub const fn new() -> Self {
-        Self(AtomicU32::new(0))
+        Self {
+            owner: AtomicU32::new(0),
+            heartbeat: Heartbeat::new(),
+        }
     }
 
     /// Run `f` as the monarch if this CPU (at `slot`) gets the lock; `f` learns whether
-    /// the lock was recovered from an earlier, interrupted run of this CPU. Otherwise wait
-    /// (bounded) until the monarch is done.
+    /// the lock was recovered from an interrupted monarch (recover first). Otherwise wait
+    /// (bounded) until the monarch is done, or take over from a monarch that is gone.
     pub fn run<H: Host + ?Sized>(&self, host: &H, slot: u32, f: impl FnOnce(bool)) {
         let me = slot + 1;
         // A CPU is in SMM at most once at a time: if the lock names us, our own earlier
         // run was cut short.
         let stale = self
-            .0
+            .owner
             .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok();
         if stale {
@@ -129,20 +168,25 @@ impl SmiLock {
                 slot
             );
         }
-        if self
-            .0
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            f(stale);
-            self.0.store(0, Ordering::Release);
+        if self.take(host, 0, me) {
+            self.lead(me, || f(stale));
             return;
         }
         let start = host.now_us();
         let mut spins = 0u64;
-        while self.0.load(Ordering::Acquire) != 0 {
+        loop {
+            let owner = self.owner.load(Ordering::Acquire);
+            if owner == 0 {
+                return;
+            }
+            let now = host.now_us();
+            if self.heartbeat.is_stale(now) && self.take(host, owner, me) {
+                smm_log!(host, Warn, "SMI lock: the monarch in slot {} made no progress; slot {} takes over and recovers", owner - 1, slot);
+                self.lead(me, || f(true));
+                return;
+            }
             spins += 1;
-            if spins >= LOCK_WAIT_SPINS || host.now_us().wrapping_sub(start) >= LOCK_WAIT_US {
+            if spins >= LOCK_WAIT_SPINS || now.wrapping_sub(start) >= LOCK_WAIT_US {
                 smm_log!(
                     host,
                     Warn,
@@ -153,6 +197,32 @@ impl SmiLock {
             }
             core::hint::spin_loop();
         }
+    }
+
+    fn take<H: Host + ?Sized>(&self, host: &H, from: u32, me: u32) -> bool {
+        let ok = self
+            .owner
+            .compare_exchange(from, me, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        if ok {
+            self.heartbeat.beat(host.now_us());
+        }
+        ok
+    }
+
+    fn lead(&self, me: u32, f: impl FnOnce()) {
+        f();
+        // Release only if nobody took over meanwhile.
+        let _ = self
+            .owner
+            .compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// The monarch's progress report from `slot` at `now_us`: records it and says whether
+    /// `slot` still owns the lock ([`Host::still_monarch`]).
+    pub fn still_owned_by(&self, slot: u32, now_us: u64) -> bool {
+        self.heartbeat.beat(now_us);
+        self.owner.load(Ordering::Acquire) == slot + 1
     }
 }
 

@@ -75,4 +75,11 @@ pub trait Host {
     fn send_ipi(&self, apic: u32, icr_low: u32) -> bool;
     /// The default-SMBASE window and the pen page.
     fn window(&self) -> &dyn Window;
+    /// Called on every poll of the monarch's waits: lets the host record progress for its
+    /// SMI lock, and says whether this CPU still is the monarch (`false` when another CPU
+    /// took over after this one stalled: the service then stops at once and leaves every
+    /// record to the new monarch's recovery). By default this CPU always is.
+    fn still_monarch(&self) -> bool {
+        true
+    }
 }

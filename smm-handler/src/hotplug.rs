@@ -8,7 +8,7 @@
 
 use crate::host::Host;
 use crate::layout::GATE_CLOSED;
-use crate::slots::{self, Slots, MAX_SLOTS};
+use crate::slots::{self, Phase, Slots, MAX_SLOTS};
 use crate::smm_log;
 use q35::cpuhp::{self, CpuHp};
 use q35::lapic;
@@ -49,16 +49,30 @@ enum Step {
     Stop,
 }
 
-fn wait<H: Host + ?Sized>(h: &H, us: u64, mut cond: impl FnMut() -> bool) -> bool {
+/// How a bounded wait ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The condition held.
+    Met,
+    /// The bound passed first.
+    TimedOut,
+    /// Another CPU took over as monarch while this one stalled: stop at once.
+    Deposed,
+}
+
+fn wait<H: Host + ?Sized>(h: &H, us: u64, mut cond: impl FnMut() -> bool) -> Wait {
     let start = h.now_us();
     let mut polls = 0u64;
     loop {
         if cond() {
-            return true;
+            return Wait::Met;
+        }
+        if !h.still_monarch() {
+            return Wait::Deposed;
         }
         polls += 1;
         if h.now_us().wrapping_sub(start) >= us || polls >= MAX_POLLS {
-            return cond();
+            return if cond() { Wait::Met } else { Wait::TimedOut };
         }
         core::hint::spin_loop();
     }
@@ -75,13 +89,21 @@ pub fn must_return_early(slots: &Slots, slot: usize) -> bool {
 }
 
 /// Scan the register block for insert events (`docs/protocol.md#the-cpu-hotplug-register-block`).
-/// Bounded by the possible count; inconsistent status combinations are skipped (R5).
+/// Bounded by the possible count; inconsistent status combinations are skipped (R5). The
+/// APIC ID comes from the table recorded at boot by selector; the block's own arch ID
+/// must agree, and the selector must still be the one read after every register read, or
+/// the selector is read again (another CPU moved it meanwhile). A re-read uses up one of
+/// the scan's `possible` steps, so a CPU that keeps moving the selector can only make the
+/// scan miss events (those CPUs are found later through their arrival marks), never make
+/// it longer.
 /// Returns the number of insert events seen; the APIC IDs go to `out`.
 pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
     let hp = CpuHp::new(h.ports());
-    let possible = h.data().possible_count();
+    let d = h.data();
+    let possible = d.possible_count();
     let mut cur = 0u32;
     let mut inserts = 0;
+    let mut moved = false;
     for _ in 0..possible {
         if cur >= possible {
             break;
@@ -92,29 +114,24 @@ pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BA
         if pend < cur || pend >= possible {
             break;
         }
-        cur = pend;
         let st = hp.status();
-        if st & cpuhp::STS_INSERT != 0 {
+        let insert = st & cpuhp::STS_INSERT != 0;
+        let consistent = st & cpuhp::STS_ENABLED != 0 && st & cpuhp::STS_FW_REMOVE == 0;
+        let block_id = (insert && consistent).then(|| hp.arch_id());
+        // Command 0 is selected again: Command data reads the selector. A selector that
+        // changed, or an arch ID of another possible CPU than the one boot recorded here,
+        // means another CPU moved the selector between the reads: read again.
+        let recorded = d.possible_apic_ids.get(pend as usize).copied();
+        let other_cpu =
+            matches!(block_id, Some(Some(a)) if Some(a) != recorded && d.is_possible(a));
+        if hp.data() != pend || other_cpu {
+            moved = true;
+            continue;
+        }
+        cur = pend;
+        if insert {
             inserts += 1;
-            if st & cpuhp::STS_ENABLED == 0 || st & cpuhp::STS_FW_REMOVE != 0 {
-                smm_log!(
-                    h,
-                    Warn,
-                    "cpuhp: inconsistent status {:#x} at selector {}, skipped",
-                    st,
-                    cur
-                );
-            } else {
-                match hp.arch_id() {
-                    Some(apic) => push_unique(out, apic),
-                    None => smm_log!(
-                        h,
-                        Warn,
-                        "cpuhp: arch ID above 32 bits at selector {}, skipped",
-                        cur
-                    ),
-                }
-            }
+            insert_event(h, cur, st, block_id, out);
         } else if st & cpuhp::STS_FW_REMOVE != 0 {
             smm_log!(h, Warn, "cpuhp: eject request for selector {} ignored: hot-unplug is not serviced by this handler", cur);
         } else if st & cpuhp::STS_REMOVE == 0 {
@@ -123,8 +140,56 @@ pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BA
         cur += 1;
     }
     hp.command(cpuhp::CMD_GET_NEXT_EVENT);
+    if moved {
+        smm_log!(h, Warn, "cpuhp: another CPU moved the selector during the scan; what it read then was read again");
+    }
     inserts
 }
+
+/// One insert event at `selector`: the boot table's APIC ID goes to `out` if the status is
+/// consistent and the block reports the same ID.
+fn insert_event<H: Host + ?Sized>(
+    h: &H,
+    selector: u32,
+    st: u8,
+    block_id: Option<Option<u32>>,
+    out: &mut heapless::Vec<u32, MAX_BATCH>,
+) {
+    let d = h.data();
+    let recorded = d.possible_apic_ids.get(selector as usize).copied();
+    match (block_id, recorded) {
+        (None, _) => smm_log!(
+            h,
+            Warn,
+            "cpuhp: inconsistent status {:#x} at selector {}, skipped",
+            st,
+            selector
+        ),
+        (Some(None), _) => {
+            smm_log!(
+                h,
+                Warn,
+                "cpuhp: arch ID above 32 bits at selector {}, skipped",
+                selector
+            )
+        }
+        (Some(Some(a)), Some(r)) if a == r => push_unique(out, r),
+        (Some(Some(a)), _) if !d.is_possible(a) => {
+            smm_log!(h, Warn, "APIC ID {} is not a possible CPU, skipped", a)
+        }
+        (Some(Some(a)), r) => smm_log!(
+            h,
+            Warn,
+            "cpuhp: selector {} reports APIC ID {} but boot recorded {:#x}, skipped",
+            selector,
+            a,
+            r.unwrap_or(NO_ID)
+        ),
+    }
+}
+
+/// The boot table's entry for a selector whose arch ID does not fit 32 bits.
+const NO_ID: u32 = u32::MAX;
 
 fn push_unique(v: &mut heapless::Vec<u32, MAX_BATCH>, apic: u32) {
     if !v.contains(&apic) {
@@ -173,7 +238,10 @@ pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
         return s;
     }
     smm_log!(h, Info, "APMC 4: {} new CPU(s) to relocate", cands.len());
-    s.skipped += arrival_barrier(h, &mut cands);
+    match arrival_barrier(h, &mut cands) {
+        Some(never_arrived) => s.skipped += never_arrived,
+        None => return s,
+    }
     for &apic in cands.iter() {
         if relocate(h, apic, &mut s) == Step::Stop {
             break;
@@ -194,31 +262,43 @@ fn add_stragglers<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BA
 }
 
 /// The arrival barrier: no SMI may still be on its way to a default-SMBASE CPU while the
-/// gate is open (`docs/qemu.md#q-late-entry`), so every candidate must have arrived, or be cancelled,
-/// first. Removes the ones that never arrived and returns how many.
-fn arrival_barrier<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
+/// gate is open (`docs/qemu.md#q-late-entry`), so every candidate must have arrived, or
+/// be cancelled, first. Removes the ones that never arrived and returns how many; `None`
+/// when another CPU took over as monarch meanwhile.
+fn arrival_barrier<H: Host + ?Sized>(
+    h: &H,
+    cands: &mut heapless::Vec<u32, MAX_BATCH>,
+) -> Option<u32> {
     let w = h.window();
     let all_arrived = |c: &heapless::Vec<u32, MAX_BATCH>| c.iter().all(|&a| w.arrived(a) != 0);
-    if wait(h, T_ARRIVE_US, || all_arrived(cands)) {
-        return 0;
+    match wait(h, T_ARRIVE_US, || all_arrived(cands)) {
+        Wait::Met => return Some(0),
+        Wait::Deposed => return None,
+        Wait::TimedOut => {}
     }
     for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
         // Plugged just after the broadcast (edk2 cbccf99592): a directed SMI.
         h.send_ipi(a, lapic::ICR_SMI);
     }
-    if !wait(h, T_SMI_IPI_US, || all_arrived(cands)) {
-        for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
-            // Cancel whatever SMI is still outstanding (TCG: INIT discards it) and, on
-            // KVM semantics, let a latched SMI be taken at the pen. Never sent to a CPU
-            // that arrived (R13).
-            let vec = crate::layout::window::PEN.base >> 12;
-            h.send_ipi(a, lapic::ICR_INIT);
-            delay(h, 10_000);
-            h.send_ipi(a, lapic::ICR_STARTUP | vec);
-            delay(h, 200);
-            h.send_ipi(a, lapic::ICR_STARTUP | vec);
+    match wait(h, T_SMI_IPI_US, || all_arrived(cands)) {
+        Wait::Met => {}
+        Wait::Deposed => return None,
+        Wait::TimedOut => {
+            for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
+                // Cancel whatever SMI is still outstanding (TCG: INIT discards it) and,
+                // on KVM semantics, let a latched SMI be taken at the pen. Never sent to
+                // a CPU that arrived (R13).
+                let vec = crate::layout::window::PEN.base >> 12;
+                h.send_ipi(a, lapic::ICR_INIT);
+                delay(h, 10_000);
+                h.send_ipi(a, lapic::ICR_STARTUP | vec);
+                delay(h, 200);
+                h.send_ipi(a, lapic::ICR_STARTUP | vec);
+            }
+            if wait(h, T_INIT_US, || all_arrived(cands)) == Wait::Deposed {
+                return None;
+            }
         }
-        let _ = wait(h, T_INIT_US, || all_arrived(cands));
     }
     let before = cands.len();
     cands.retain(|&a| {
@@ -234,10 +314,14 @@ fn arrival_barrier<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_B
         ok
     });
     w.reset_pen();
-    (before - cands.len()) as u32
+    Some((before - cands.len()) as u32)
 }
 
-/// Relocate one arrived CPU into the first free slot (`docs/protocol.md#relocation-step-by-step`).
+/// Relocate one arrived CPU into the first free slot
+/// (`docs/protocol.md#relocation-step-by-step`). Each step is recorded in SMRAM
+/// ([`slots::Phase`]) before it is taken, and the window's flags are cleared before the
+/// slot is published, so a recovery after a lost monarch trusts only what this
+/// relocation wrote (R15).
 fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
     let d = h.data();
     let Some(n) = d.slots.first_free(d.slot_count()) else {
@@ -256,12 +340,14 @@ fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
     };
     let t0 = h.now_us();
     let w = h.window();
-    // Publish the mapping before the CPU can take an SMI at its new SMBASE.
-    d.slots.set(n, slots::RELOCATING, apic);
-    d.set_route(n, Some(apic));
     w.reset_pen();
     w.clear_about_to_leave();
     w.set_new_smbase(smbase);
+    // Publish the mapping before the CPU can take an SMI at its new SMBASE.
+    d.slots.set_phase(n, Phase::Published);
+    d.slots.set(n, slots::RELOCATING, apic);
+    d.set_route(n, Some(apic));
+    d.slots.set_phase(n, Phase::GateOpen);
     if !w.gate_cas(GATE_CLOSED, u64::from(apic)) {
         smm_log!(
             h,
@@ -272,23 +358,31 @@ fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
         d.slots.stop();
         return Step::Stop;
     }
-    if !wait(h, T_LEAVE_US, || w.about_to_leave() != 0) {
-        return gate_timeout(h, apic, n, s);
+    match wait(h, T_LEAVE_US, || w.about_to_leave() != 0) {
+        Wait::Met => d.slots.set_phase(n, Phase::Left),
+        Wait::TimedOut => return gate_timeout(h, apic, n, s),
+        Wait::Deposed => return Step::Stop,
     }
     // Only now look at the OS-writable pen byte (R4).
-    if !wait(h, T_PEN_US, || w.pen_signal() != 0) {
-        d.slots.set(n, slots::QUARANTINED, apic);
-        smm_log!(
-            h,
-            Error,
-            "APIC ID {} never reached the pen; slot {} quarantined",
-            apic,
-            n
-        );
-        s.quarantined += 1;
-        return Step::Stop;
+    match wait(h, T_PEN_US, || w.pen_signal() != 0) {
+        Wait::Met => {}
+        Wait::TimedOut => {
+            d.slots.set(n, slots::QUARANTINED, apic);
+            d.slots.set_phase(n, Phase::Idle);
+            smm_log!(
+                h,
+                Error,
+                "APIC ID {} never reached the pen; slot {} quarantined",
+                apic,
+                n
+            );
+            s.quarantined += 1;
+            return Step::Stop;
+        }
+        Wait::Deposed => return Step::Stop,
     }
     d.slots.set(n, slots::ACTIVE, apic);
+    d.slots.set_phase(n, Phase::Idle);
     w.clear_arrived(apic);
     s.relocated += 1;
     let us = h.now_us().wrapping_sub(t0);
@@ -333,13 +427,16 @@ fn undo<H: Host + ?Sized>(h: &H, n: usize) {
     let d = h.data();
     d.set_route(n, None);
     d.slots.set(n, slots::FREE, slots::NO_APIC);
+    d.slots.set_phase(n, Phase::Idle);
 }
 
 /// The monarch was lost mid-service: under QEMU TCG an INIT resets a CPU even inside SMM
 /// (`docs/qemu.md#t2`), e.g. when the OS starts a CPU that had taken a late SMI and was
-/// re-running this handler. Call with the host's SMI lock recovered, before the next
-/// service. A relocation that was in flight is finished like a timeout: undone if its
-/// CPU never took the gate, else its slot is quarantined and hot-add stops (fail closed).
+/// re-running this handler; the OS can also eject it. Call with the host's SMI lock
+/// recovered, before the next service. A relocation that was in flight is finished from
+/// the phase recorded in SMRAM, trusting the window's flags only where this relocation
+/// wrote them: undone if its CPU never took the gate, made ACTIVE if the CPU left for the
+/// pen, else its slot is quarantined and hot-add stops (fail closed).
 pub fn recover_lost_monarch<H: Host + ?Sized>(h: &H) {
     let (w, d) = (h.window(), h.data());
     for n in 0..d.slot_count() {
@@ -347,7 +444,15 @@ pub fn recover_lost_monarch<H: Host + ?Sized>(h: &H) {
             continue;
         }
         let apic = d.slots.apic(n);
-        if w.gate_cas(u64::from(apic), GATE_CLOSED) {
+        let phase = d.slots.phase_of(n);
+        // Closing a gate opened for this CPU is always right: it never took it.
+        let took_gate = !w.gate_cas(u64::from(apic), GATE_CLOSED);
+        let left = match phase {
+            Some(Phase::GateOpen) => w.about_to_leave() != 0,
+            Some(Phase::Left) => true,
+            _ => false,
+        };
+        if !took_gate || phase == Some(Phase::Published) {
             undo(h, n);
             smm_log!(
                 h,
@@ -356,12 +461,25 @@ pub fn recover_lost_monarch<H: Host + ?Sized>(h: &H) {
                 apic,
                 n
             );
-        } else if w.about_to_leave() != 0 && w.pen_signal() != 0 {
+        } else if left && w.pen_signal() != 0 {
             // It finished: the monarch died after the CPU reached the pen.
             d.slots.set(n, slots::ACTIVE, apic);
+            d.slots.set_phase(n, Phase::Idle);
             w.clear_arrived(apic);
+        } else if left {
+            // It left SMM with its new SMBASE but never reached the pen: as in service.
+            d.slots.set(n, slots::QUARANTINED, apic);
+            d.slots.set_phase(n, Phase::Idle);
+            smm_log!(
+                h,
+                Error,
+                "lost monarch: APIC ID {} left SMM but never reached the pen; slot {} quarantined",
+                apic,
+                n
+            );
         } else {
             d.slots.set(n, slots::QUARANTINED, apic);
+            d.slots.set_phase(n, Phase::Idle);
             d.slots.stop();
             smm_log!(h, Error, "lost monarch during the relocation of APIC ID {}; slot {} quarantined; CPU hot-add stopped until reset", apic, n);
         }

@@ -239,4 +239,4 @@ pub mod tseg {
 /// The value the lowest qword of every slot stack holds; SMM checks it on the way out.
 pub const STACK_CANARY: u64 = 0x5AFE_57AC_C0DE_CAFE;
 
-const _: () = assert!(size_of::<Slots>() <= 2 * 4 * MAX_SLOTS + 8);
+const _: () = assert!(size_of::<Slots>() <= 2 * 4 * MAX_SLOTS + 16);

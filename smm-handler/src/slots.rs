@@ -3,7 +3,7 @@
 //! crash-consistent (R15): a mapping is published before its CPU can take an SMI at the
 //! new SMBASE, and revoked on failure.
 
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Most SMM slots (possible CPUs) a host lays out.
 pub const MAX_SLOTS: usize = 64;
@@ -19,6 +19,34 @@ pub const QUARANTINED: u32 = 3;
 /// The APIC ID of a slot that serves no CPU.
 pub const NO_APIC: u32 = u32::MAX;
 
+/// How far the relocation in flight got, recorded in SMRAM by the monarch before each
+/// step so that recovery after a lost monarch trusts only what this relocation wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Phase {
+    /// Nothing in flight.
+    Idle = 0,
+    /// The window's flags were cleared and the slot published RELOCATING; the gate was
+    /// never opened.
+    Published = 1,
+    /// The gate is about to be opened or was opened for the slot's CPU.
+    GateOpen = 2,
+    /// The admitted CPU said it is leaving: its new SMBASE is in its save state.
+    Left = 3,
+}
+
+impl Phase {
+    fn from_u32(v: u32) -> Option<Phase> {
+        Some(match v {
+            0 => Phase::Idle,
+            1 => Phase::Published,
+            2 => Phase::GateOpen,
+            3 => Phase::Left,
+            _ => return None,
+        })
+    }
+}
+
 /// The slot table, in SMRAM.
 #[repr(C)]
 pub struct Slots {
@@ -30,6 +58,10 @@ pub struct Slots {
     /// the gate was found open): the shared context and save area may still be in use,
     /// so hot-add stays off until reset (fail closed).
     pub stopped: AtomicU32,
+    /// Reserved.
+    pub _reserved: AtomicU32,
+    /// The relocation in flight: `phase << 32 | slot` ([`Phase`]).
+    pub relocation: AtomicU64,
 }
 
 impl Slots {
@@ -39,6 +71,8 @@ impl Slots {
             state: [const { AtomicU32::new(FREE) }; MAX_SLOTS],
             apic: [const { AtomicU32::new(NO_APIC) }; MAX_SLOTS],
             stopped: AtomicU32::new(0),
+            _reserved: AtomicU32::new(0),
+            relocation: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +112,22 @@ impl Slots {
     /// Whether CPU hot-add was stopped.
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst) != 0
+    }
+
+    /// Record that the relocation into `slot` reached `phase`.
+    pub fn set_phase(&self, slot: usize, phase: Phase) {
+        let v = ((phase as u64) << 32) | (slot as u64 & 0xFFFF_FFFF);
+        self.relocation.store(v, Ordering::SeqCst);
+    }
+
+    /// The phase recorded for `slot`, or `None` when the record names another slot or
+    /// holds garbage (recovery then trusts nothing but the gate).
+    pub fn phase_of(&self, slot: usize) -> Option<Phase> {
+        let v = self.relocation.load(Ordering::SeqCst);
+        if (v & 0xFFFF_FFFF) as usize != slot {
+            return None;
+        }
+        Phase::from_u32((v >> 32) as u32)
     }
 
     /// The lowest free slot among the first `count`.

@@ -9,7 +9,12 @@ use std::cell::Cell;
 use common::{Machine, TICK_US};
 use q35::ich9::APM_CNT;
 use q35::io::PortIo;
-use smm_handler::entry::{Entry, SmiEntries, SmiLock, APMC_CPU_HOTPLUG, LOCK_WAIT_US};
+use smm_handler::entry::{
+    Entry, SmiEntries, SmiLock, APMC_CPU_HOTPLUG, LOCK_STALE_US, LOCK_WAIT_US,
+};
+use smm_handler::first_smi::Window;
+use smm_handler::host::{Host, HostData};
+use smm_handler::log::Level;
 use smm_handler::slots::{ACTIVE, MAX_SLOTS, RELOCATING};
 
 // ---- SmiEntries::begin ----------------------------------------------------------------------
@@ -81,6 +86,38 @@ fn begin_sends_a_cpu_of_a_slot_beyond_the_table_out_and_counts_nothing() {
 
 // ---- SmiLock ----------------------------------------------------------------------------------
 
+/// The simulated host, with a live monarch in slot `monarch` on another CPU: every clock
+/// reading anyone makes is also a progress report of that monarch (its waits poll).
+struct LiveMonarch<'a> {
+    m: &'a Machine,
+    lock: &'a SmiLock,
+    monarch: u32,
+}
+
+impl Host for LiveMonarch<'_> {
+    type Ports = <Machine as Host>::Ports;
+    fn ports(&self) -> &Self::Ports {
+        self.m.ports()
+    }
+    fn data(&self) -> HostData<'_> {
+        self.m.data()
+    }
+    fn now_us(&self) -> u64 {
+        let t = self.m.now_us();
+        self.lock.still_owned_by(self.monarch, t);
+        t
+    }
+    fn log(&self, level: Level, template: &str, args: &[u64]) {
+        self.m.log(level, template, args)
+    }
+    fn send_ipi(&self, apic: u32, icr_low: u32) -> bool {
+        self.m.send_ipi(apic, icr_low)
+    }
+    fn window(&self) -> &dyn Window {
+        self.m.window()
+    }
+}
+
 #[test]
 fn a_second_cpu_waiting_on_a_held_lock_leaves_after_a_wait_bounded_by_the_clock() {
     let m = Machine::dense(2, 2);
@@ -88,10 +125,16 @@ fn a_second_cpu_waiting_on_a_held_lock_leaves_after_a_wait_bounded_by_the_clock(
     let (monarch_ran, waiter_ran) = (Cell::new(None), Cell::new(false));
     let t0 = m.now();
 
+    let live = LiveMonarch {
+        m: &m,
+        lock: &lock,
+        monarch: 0,
+    };
     lock.run(&m, 0, |recovered| {
         monarch_ran.set(Some(recovered));
-        // While slot 0 holds the lock, the CPU of slot 1 takes an SMI and waits for it.
-        lock.run(&m, 1, |_| waiter_ran.set(true));
+        // While slot 0 holds the lock (and keeps making progress), the CPU of slot 1
+        // takes an SMI and waits for it.
+        lock.run(&live, 1, |_| waiter_ran.set(true));
     });
 
     assert_eq!(
@@ -103,13 +146,14 @@ fn a_second_cpu_waiting_on_a_held_lock_leaves_after_a_wait_bounded_by_the_clock(
     let waited = m.now() - t0;
     assert!(waited >= LOCK_WAIT_US, "left after {waited} us");
     // It left at the first clock reading past the bound: the clock ended the wait, not
-    // the spin cap.
+    // the spin cap (one tick more than the bound: the monarch's first heartbeat).
     assert!(
-        waited < LOCK_WAIT_US + 2 * TICK_US,
+        waited < LOCK_WAIT_US + 3 * TICK_US,
         "left after {waited} us"
     );
+    // One more reading: the monarch's first heartbeat when it took the lock.
     assert!(
-        m.now_calls() <= LOCK_WAIT_US / TICK_US + 1,
+        m.now_calls() <= LOCK_WAIT_US / TICK_US + 2,
         "{}",
         m.now_calls()
     );
@@ -126,7 +170,11 @@ fn a_second_cpu_waiting_on_a_held_lock_leaves_after_a_wait_bounded_by_the_clock(
     let next = Cell::new(None);
     lock.run(&m, 1, |recovered| next.set(Some(recovered)));
     assert_eq!(next.get(), Some(false));
-    assert_eq!(m.now_calls(), calls, "no wait on a free lock");
+    assert_eq!(
+        m.now_calls(),
+        calls + 1,
+        "no wait on a free lock: one clock reading, the first heartbeat"
+    );
 }
 
 #[test]
@@ -149,7 +197,11 @@ fn a_cpu_that_finds_itself_recorded_as_owner_takes_the_lock_back_as_recovered() 
         Some(true),
         "the lock was recovered, not waited on"
     );
-    assert_eq!(m.now_calls(), 0, "no wait at all");
+    assert_eq!(
+        m.now_calls(),
+        2,
+        "no wait at all: only the two first heartbeats read the clock"
+    );
     assert_eq!(
         m.logs_with("SMI lock of slot 3 left by a CPU reset inside SMM: recovered")
             .len(),
@@ -163,4 +215,51 @@ fn a_cpu_that_finds_itself_recorded_as_owner_takes_the_lock_back_as_recovered() 
     lock.run(&m, 0, |recovered| other.set(Some(recovered)));
     assert_eq!(other.get(), Some(false));
     assert_eq!(m.logs_with("recovered").len(), 1);
+}
+
+#[test]
+fn a_waiter_takes_over_from_a_monarch_that_made_no_progress_and_recovers() {
+    let m = Machine::dense(4, 4);
+    let lock = SmiLock::new();
+    let (took_over, t_take) = (Cell::new(None), Cell::new(0));
+    let t0 = m.now();
+
+    lock.run(&m, 2, |_| {
+        // The monarch in slot 2 is INIT'd or ejected by the OS mid-service: it never
+        // reports progress again. The CPU of slot 1 takes an SMI and waits.
+        lock.run(&m, 1, |recovered| {
+            took_over.set(Some(recovered));
+            t_take.set(m.now());
+        });
+        // Had it only stalled, its next progress report says it is no longer the monarch.
+        assert!(
+            !lock.still_owned_by(2, m.now()),
+            "the stalled monarch was deposed"
+        );
+    });
+
+    assert_eq!(
+        took_over.get(),
+        Some(true),
+        "the new monarch recovers first"
+    );
+    let waited = t_take.get() - t0;
+    assert!(
+        (LOCK_STALE_US..LOCK_STALE_US + 4 * TICK_US).contains(&waited),
+        "took over after {waited} us"
+    );
+    assert_eq!(
+        m.logs_with(
+            "SMI lock: the monarch in slot 2 made no progress; slot 1 takes over and recovers"
+        )
+        .len(),
+        1,
+        "{:#?}",
+        m.logs()
+    );
+    // The deposed monarch's release did not free the new owner's lock, and the new owner
+    // released it when done: the next CPU runs at once.
+    let next = Cell::new(None);
+    lock.run(&m, 3, |recovered| next.set(Some(recovered)));
+    assert_eq!(next.get(), Some(false));
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use common::{init_sipi, Behaviour, CpuState, Ev, Machine, DEFAULT_SMBASE, HP_BASE};
 use q35::cpuhp::OFF_DATA;
+use q35::io::PortIo;
 use q35::lapic::ICR_SMI;
 use q35_sim::CpuEvents;
 use smm_handler::host::Host;
@@ -332,8 +333,10 @@ fn an_apic_id_above_255_is_skipped() {
 
 #[test]
 fn a_selector_reported_below_the_current_one_ends_the_scan() {
-    // Events at selectors 1 and 3. The second "Command data" read of the scan (looking
-    // from selector 2) is forced to 0, as if the OS had moved the selector back.
+    // Events at selectors 1 and 3. The "Command data" read of the scan looking from
+    // selector 2 (the third with command 0: the first found selector 1, the second
+    // re-checked that the selector still is 1) is forced to 0, as if the OS had moved the
+    // selector back.
     let m = Machine::dense(5, 5);
     m.hot_add(1, Behaviour::Broadcast);
     m.hot_add(3, Behaviour::AfterSmiIpi);
@@ -341,7 +344,7 @@ fn a_selector_reported_below_the_current_one_ends_the_scan() {
     m.ports.set_read_hook(move |sim, port, _size, real| {
         if port == HP_BASE + OFF_DATA && sim.cpuhp_command() == 0 {
             reads += 1;
-            if reads == 2 {
+            if reads == 3 {
                 return 0;
             }
         }
@@ -359,7 +362,7 @@ fn a_selector_reported_below_the_current_one_ends_the_scan() {
         move |sim, port, _size, real| {
             if port == HP_BASE + OFF_DATA && sim.cpuhp_command() == 0 {
                 reads += 1;
-                if reads == 2 {
+                if reads == 3 {
                     return 0;
                 }
             }
@@ -802,4 +805,43 @@ fn the_slot_table_skips_quarantined_slots_and_ignores_free_ones() {
     assert_eq!(s.apic(MAX_SLOTS), NO_APIC);
     s.set(MAX_SLOTS, ACTIVE, 1); // ignored
     assert_eq!(s.slot_of(1, usize::MAX), None);
+}
+
+#[test]
+fn a_selector_moved_by_another_cpu_between_the_status_and_the_arch_id_is_read_again() {
+    // The insert is at selector 2 (APIC 2). While SMM reads its arch ID, another CPU
+    // moves the selector to selector 1 (a possible CPU that is not plugged): the arch ID
+    // read then belongs to selector 1 (R5).
+    let m = Machine::dense(4, 4);
+    m.hot_add(2, Behaviour::Broadcast);
+    m.broadcast();
+    let mut moved = false;
+    m.ports.set_read_hook(move |sim, port, _size, real| {
+        if !moved
+            && port == HP_BASE + OFF_DATA
+            && sim.cpuhp_command() == q35::cpuhp::CMD_GET_ARCH_ID
+        {
+            moved = true;
+            sim.outl(HP_BASE, 1);
+            return 1;
+        }
+        real
+    });
+
+    let s = m.service();
+
+    assert_eq!(s.relocated, 1, "{:#?}", m.logs());
+    assert_eq!(m.slot(1), (ACTIVE, 2), "the real new CPU got the slot");
+    assert!(
+        m.ipis_to(1).is_empty(),
+        "no IPI to the absent CPU: {:?}",
+        m.ipis_to(1)
+    );
+    assert_eq!(
+        m.logs_with("another CPU moved the selector during the scan")
+            .len(),
+        1,
+        "{:#?}",
+        m.logs()
+    );
 }

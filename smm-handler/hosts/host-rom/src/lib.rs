@@ -46,8 +46,8 @@ impl Console for SerialConsole {
     }
 }
 
-/// The host ROM as the handler's host.
-struct HostRom(&'static SmmParams);
+/// The host ROM as the handler's host, on the CPU at `slot`.
+struct HostRom(&'static SmmParams, u32);
 
 impl Host for HostRom {
     type Ports = HwPorts;
@@ -79,6 +79,9 @@ impl Host for HostRom {
     fn window(&self) -> &dyn Window {
         &FixedWindow
     }
+    fn still_monarch(&self) -> bool {
+        LOCK.still_owned_by(self.1, self.now_us())
+    }
 }
 
 /// The Rust entry called by each slot's stub with the slot index.
@@ -91,7 +94,7 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     let Some(&smbase) = p.slot_smbases().get(slot as usize) else {
         return;
     };
-    let host = HostRom(p);
+    let host = HostRom(p, slot);
     // Only APMC 4 has handlers; other SMIs (diagnostic queries, OS SMI IPIs) never touch
     // the lock.
     if let Entry::Continue { apmc } = ENTRIES.begin(&HwPorts, &p.slots, slot, smbase) {
