@@ -6,14 +6,19 @@
 //! Boot order (each step checked; any SMM failure stops the boot, fail closed):
 //! serial → PCI sanity → PMBASE → fw_cfg → RAM map → CPU hotplug block count →
 //! 0x9C query → SMI feature negotiation → APs up → TSEG layout for every possible CPU →
-//! serialized SMBASE relocation → per-CPU check → first-SMI handler + locks →
-//! coreboot tables → payload.
+//! serialized SMBASE relocation → per-CPU check → end of the boot phase → first-SMI
+//! handler + locks → coreboot tables → payload.
+//!
+//! Two images are built from this crate: the production ROM (`build/host-rom.rom`) and
+//! the test image (`build/host-rom-test.rom`, cargo feature `test-knobs`), which alone
+//! reads the test knobs of [`knobs`].
 #![no_std]
 
 extern crate fw_rt;
 
 mod cbtables;
 mod entry;
+mod knobs;
 mod logger;
 mod memmap;
 mod mp;
@@ -34,6 +39,7 @@ use smm_handler::arming;
 use smm_handler::layout::{tseg, window};
 use smm_handler::slots::MAX_SLOTS;
 
+use knobs::Knobs;
 use memmap::{Range, RESERVED, TABLE};
 
 /// isa-debug-exit (iobase 0xf4): QEMU exits with (value << 1) | 1. The payload uses
@@ -42,8 +48,6 @@ const DEBUG_EXIT_PORT: u16 = 0xF4;
 const EXIT_FIRMWARE_FATAL: u8 = 0x12;
 const PAYLOAD_FILE: &str = "opt/cbpayload";
 const PAYLOAD_STACK_TOP: u32 = 0x7F_F000;
-const NO_SMM_FILE: &str = "opt/host-rom/baseline-no-smm";
-const INSECURE_FILE: &str = "opt/host-rom/insecure-open-default-smbase";
 
 /// Stop the boot: never hand control to a payload after an SMM setup failure.
 fn fatal(args: fmt::Arguments) -> ! {
@@ -100,20 +104,32 @@ extern "C" fn rom_main() -> ! {
     apply_log_level(&cfg);
     let mem = find_ram(&cfg);
     let topo = count_cpus(&cfg);
+    let knobs = Knobs::read(&cfg);
     let default_window = Mch::new(&HwPorts).query_default_smbase_smram();
-    // Benchmark baseline only: the host asks for a boot without SMM (QEMU smm=off).
-    let no_smm = cfg.find_file(NO_SMM_FILE).is_some();
-    let granted = negotiate(&cfg, &topo, default_window, no_smm);
+    if knobs.no_smm_baseline {
+        check_no_smm(&knobs, mem.tseg_base);
+    }
+    let granted = negotiate(&cfg, &topo, default_window, &knobs);
     let cpus = start_aps(&topo);
-    if no_smm {
-        log::warn!(
-            "BASELINE: {} given: no SMM set up at all (benchmark baseline only)",
-            NO_SMM_FILE
-        );
+    if knobs.no_smm_baseline {
+        log::warn!("BASELINE: no SMM set up at all (benchmark baseline only)");
     } else {
-        setup_smm(&cfg, &cpus, granted, mem.tseg_base, default_window);
+        setup_smm(&cpus, granted, mem.tseg_base, default_window, &knobs);
     }
     hand_off(&cfg, &mem)
+}
+
+/// The no-SMM baseline runs only on a machine without SMM: stop on one with SMM, whose
+/// SMRAM the baseline would leave open and unlocked.
+fn check_no_smm(knobs: &Knobs, tseg_base: u32) {
+    if knobs.leave_window_open {
+        fatal!("both test knobs given: the no-SMM baseline and the open window exclude each other");
+    }
+    // SAFETY: TSEG's range is unused RAM and TSEG is not enabled yet; the probe undoes
+    // itself.
+    if unsafe { smm::lock::machine_has_smm(tseg_base) } {
+        fatal!("no-SMM baseline (test knob): this machine has SMM; the baseline needs -machine smm=off on a QEMU whose smm=off removes SMM, e.g. 10.0.2");
+    }
 }
 
 /// Stop unless this is a q35 machine (MCH and ICH9 LPC ids).
@@ -191,6 +207,20 @@ fn count_cpus(cfg: &FwCfg<'_, HwPorts>) -> CpuTopology {
         topo.possible,
         cfg.read_key_u16(fw_cfg::KEY_MAX_CPUS)
     );
+    if topo.truncated {
+        log::warn!(
+            "CPUs: more than {} possible CPUs; counted the first {}",
+            topo.possible,
+            topo.possible
+        );
+    }
+    if topo.present_unrecorded > 0 {
+        fatal!(
+            "{} present CPU(s) beyond the first {} possible CPUs, whose APIC IDs the host ROM records: it cannot start them",
+            topo.present_unrecorded,
+            topo.recorded()
+        );
+    }
     if topo.possible as usize > MAX_SLOTS && topo.present as usize > MAX_SLOTS {
         fatal!(
             "{} present CPUs; the host ROM lays out at most {} SMM slots",
@@ -202,21 +232,30 @@ fn count_cpus(cfg: &FwCfg<'_, HwPorts>) -> CpuTopology {
 }
 
 /// Negotiate the SMI features the shared policy allows (`smm_handler::arming`); returns
-/// the granted bits.
-fn negotiate(cfg: &FwCfg<'_, HwPorts>, topo: &CpuTopology, window: bool, no_smm: bool) -> u64 {
-    let policy =
-        arming::feature_policy(window, topo.possible, MAX_SLOTS as u32, topo.max_apic_id());
-    for r in &policy.refusals {
-        let (t, args) = r.template();
-        logger::line(log::Level::Warn, t, &args);
+/// the granted bits. Test knobs: with the window left open nothing is negotiated (CPU
+/// hotplug never goes with an open window); the no-SMM baseline asks for everything QEMU
+/// supports, so that QEMU allows CPU `device_add` on a machine without SMM.
+fn negotiate(cfg: &FwCfg<'_, HwPorts>, topo: &CpuTopology, window: bool, knobs: &Knobs) -> u64 {
+    if knobs.leave_window_open {
+        log::warn!(
+            "INSECURE: SMI features not negotiated at all: the default-SMBASE window stays open"
+        );
+        return 0;
     }
-    let wanted = policy.wanted;
-    let result = if no_smm {
-        Ok(Negotiation::Unsupported)
+    let wanted = if knobs.no_smm_baseline {
+        fw_cfg::SMI_FEATURE_BROADCAST
+            | fw_cfg::SMI_FEATURE_CPU_HOTPLUG
+            | fw_cfg::SMI_FEATURE_CPU_HOT_UNPLUG
     } else {
-        fw_cfg::negotiate_smi_features(cfg, wanted)
+        let policy =
+            arming::feature_policy(window, topo.possible, MAX_SLOTS as u32, topo.max_apic_id());
+        for r in &policy.refusals {
+            let (t, args) = r.template();
+            logger::line(log::Level::Warn, t, &args);
+        }
+        policy.wanted
     };
-    match result {
+    match fw_cfg::negotiate_smi_features(cfg, wanted) {
         Ok(Negotiation::Granted {
             supported,
             requested,
@@ -320,13 +359,7 @@ fn hand_off(cfg: &FwCfg<'_, HwPorts>, mem: &Memory) -> ! {
 }
 
 /// SMM the way coreboot's SMM stage sets it up; any failure stops the boot.
-fn setup_smm(
-    cfg: &FwCfg<'_, HwPorts>,
-    cpus: &Cpus<'_>,
-    granted: u64,
-    tseg_base: u32,
-    default_window: bool,
-) {
+fn setup_smm(cpus: &Cpus<'_>, granted: u64, tseg_base: u32, default_window: bool, knobs: &Knobs) {
     let tsc_per_us = timer::tsc_per_us();
     log::debug!("TSC: {} ticks per microsecond", tsc_per_us);
     let topo = cpus.topo;
@@ -346,6 +379,9 @@ fn setup_smm(
                 hotplug,
             );
             p.boot.magic = smm_handler::boot_info::BOOT_INFO_MAGIC;
+            // SMM answers the diagnostic query for the slot check below until the boot
+            // phase ends.
+            p.boot_phase = 1;
             for (i, &apic) in cpus.present.iter().enumerate() {
                 p.slots.set(i, smm_handler::slots::ACTIVE, apic);
             }
@@ -363,14 +399,14 @@ fn setup_smm(
         .unwrap_or_else(|e| fatal!("SMBASE relocation: {:?}", e));
     smm::relocate::verify_slots(&slot_cpus, cpus.bsp_apic)
         .unwrap_or_else(|e| fatal!("SMM check: {:?}", e));
-    // Negative control for the attack test only: the host (not the guest) can ask, via
-    // fw_cfg, for a ROM that leaves the default-SMBASE window open, to show the attack
-    // succeeds without the lock. Never set in normal use.
-    let insecure = cfg.find_file(INSECURE_FILE).is_some();
+    end_boot_phase(tseg_base, &module);
+    // Negative control for the attack test only (test image): the host (not the guest)
+    // asks, via fw_cfg, for a ROM that leaves the default-SMBASE window open, to show the
+    // attack succeeds without the lock.
+    let insecure = knobs.leave_window_open;
     if insecure {
         log::warn!(
-            "INSECURE: {} given: first-SMI handler not installed, {:#X}-{:#X} left open",
-            INSECURE_FILE,
+            "INSECURE: test knob: first-SMI handler not installed, {:#X}-{:#X} left open",
             window::WINDOW.base,
             window::WINDOW.end() - 1
         );
@@ -392,6 +428,27 @@ fn setup_smm(
         layout.slot_bytes,
         layout.total_bytes,
         layout.slots
+    );
+}
+
+/// Clear the boot-phase flag in the SMM module's parameter block, then see whether SMM
+/// still answers the diagnostic query: only a module built with `diag-query` (the test
+/// image's) does.
+fn end_boot_phase(tseg_base: u32, module: &smm::rmod::Rmod<'_>) {
+    let params = tseg_base + tseg::MODULE.base + module.params;
+    let flag =
+        params as usize + core::mem::offset_of!(smm_handler::boot_info::SmmParams, boot_phase);
+    // SAFETY: the parameter block of the module `smm::tseg::load` placed in TSEG (its
+    // offset checked by `Rmod::parse`); TSEG is enabled, not locked, no CPU is in SMM.
+    unsafe { smm::lock::end_boot_phase(flag as *mut u32) }
+        .unwrap_or_else(|e| fatal!("SMM boot phase: {:?}", e));
+    log::info!(
+        "diagnostic query after boot: {}",
+        if smm_handler::diag::query().is_some() {
+            "answered (SMM module built with diag-query: test image)"
+        } else {
+            "off"
+        }
     );
 }
 

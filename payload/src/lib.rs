@@ -12,6 +12,9 @@ pub mod console;
 mod cpus;
 mod entry;
 mod hotplug;
+mod init_smi;
+mod renegotiate;
+mod selector_hammer;
 mod smram;
 
 use q35::fw_cfg::{self, FwCfg};
@@ -31,6 +34,8 @@ pub struct Report {
     failed: Option<&'static str>,
     /// Checks made so far.
     count: u32,
+    /// Checks that could not be made with this firmware (not failures).
+    skipped: u32,
 }
 
 impl Report {
@@ -47,6 +52,13 @@ impl Report {
             self.failed = Some(name);
         }
     }
+
+    /// Record that check `name` cannot be made with this firmware and print
+    /// `CHECK <name>: SKIP <detail>`; not a failure.
+    pub fn skip(&mut self, name: &'static str, detail: core::fmt::Arguments) {
+        self.skipped += 1;
+        println!("CHECK {}: SKIP {}", name, detail);
+    }
 }
 
 /// Whether firmware set up SMM (SMRAM locked): without it the payload raises no SMIs,
@@ -58,12 +70,39 @@ pub fn smm_present() -> bool {
     SMM_PRESENT.load(core::sync::atomic::Ordering::SeqCst)
 }
 
-/// The diagnostic SMI query, only where SMM exists.
+/// Whether SMM answered the diagnostic query when the payload started: only test builds
+/// answer it after boot (the host ROM's test image, coreboot with
+/// `CONFIG_CPU_HOTPLUG_RUST_DIAG_QUERY`).
+static DIAG_QUERY: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Why a check that needs the diagnostic query is skipped.
+pub const DIAG_ABSENT: &str = "diagnostic query not built into this firmware (test image: build/host-rom-test.rom, coreboot: CONFIG_CPU_HOTPLUG_RUST_DIAG_QUERY)";
+
+/// Whether the firmware answers the diagnostic query (see [`DIAG_QUERY`]).
+pub fn diag_query_available() -> bool {
+    DIAG_QUERY.load(core::sync::atomic::Ordering::SeqCst)
+}
+
+/// Whether SMM exists but does not answer the diagnostic query (a production build): the
+/// checks that need the query are then skipped, not failed.
+pub fn diag_query_absent() -> bool {
+    smm_present() && !diag_query_available()
+}
+
+/// The diagnostic SMI query, only where SMM exists and answers it.
 pub fn smi_query() -> Option<(u64, u64)> {
-    if smm_present() {
+    if smm_present() && diag_query_available() {
         smm_handler::diag::query()
     } else {
         None
+    }
+}
+
+/// One SMI that does nothing in SMM (APMC 0x5A, answered or not), only where SMM exists:
+/// the null SMI round trip.
+pub fn null_smi() {
+    if smm_present() {
+        let _ = smm_handler::diag::query();
     }
 }
 
@@ -73,12 +112,16 @@ const STAY_FILE: &str = "opt/payload/stay";
 /// Print the RESULT line, exit QEMU (unless [`STAY_FILE`] exists) and halt.
 fn finish(r: &Report) -> ! {
     let stay = FwCfg::detect(&HwPorts).is_ok_and(|c| c.find_file(STAY_FILE).is_some());
-    let code = match r.failed {
-        None => {
+    let code = match (r.failed, r.skipped) {
+        (None, 0) => {
             println!("RESULT: PASS ({} checks)", r.count);
             EXIT_PASS
         }
-        Some(why) => {
+        (None, n) => {
+            println!("RESULT: PASS ({} checks, {} skipped)", r.count, n);
+            EXIT_PASS
+        }
+        (Some(why), _) => {
             println!("RESULT: FAIL {}", why);
             EXIT_FAIL
         }
@@ -194,6 +237,7 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
     let mut r = Report {
         failed: None,
         count: 0,
+        skipped: 0,
     };
     let smramc = q35::mch::Mch::new(&HwPorts).smramc();
     SMM_PRESENT.store(
@@ -202,6 +246,12 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
     );
     if !smm_present() {
         println!("payload: SMRAM is not locked: no SMM, no SMIs will be raised");
+    } else {
+        let answered = smm_handler::diag::query().is_some();
+        DIAG_QUERY.store(answered, core::sync::atomic::Ordering::SeqCst);
+        if !answered {
+            println!("payload: {}: per-CPU slot checks skipped", DIAG_ABSENT);
+        }
     }
 
     let tables = match cbtables::parse(u64::from(table_ptr)) {
@@ -212,10 +262,13 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
         }
     };
     memory_map(&mut r, &tables);
+    // Before anything else reads the SMI files (R1).
+    renegotiate::attempt(&mut r);
     smi_features(&mut r);
 
     let tseg = smram::check(&mut r, &tables);
     cpus::check(&mut r, &tables);
+    init_smi::run(&mut r, tseg);
     hotplug::smi_round_trip();
     let plan = hotplug::Plan::read();
     hotplug::storm(&mut r, &plan);
@@ -226,6 +279,7 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
 /// An AP's Rust entry (from `entry.rs`); `index` is its arrival order.
 #[no_mangle]
 extern "sysv64" fn payload_ap_main(index: u32) -> ! {
+    selector_hammer::ap_entry();
     cpus::ap_main(index)
 }
 

@@ -108,6 +108,29 @@ fn check_tseg(r: &mut Report, tseg: Option<u32>) -> Option<u32> {
     tseg_base
 }
 
+/// After a hot-add: SMRAM still closed and locked (D_LCK, no D_OPEN), TSEG (at `tseg`,
+/// when it was found) still unreadable, and the default-SMBASE window still locked.
+pub fn check_still_locked(r: &mut Report, tseg: Option<u32>) {
+    let m = Mch::new(&HwPorts);
+    let s = m.smramc();
+    let tseg_ok = tseg.map(|b| probe(u64::from(b)) == (0xFFFF_FFFF, 0xFFFF_FFFF));
+    let window = m.default_smbase_smram_locked();
+    r.check(
+        "smram-locked-after-hotplug",
+        s & mch::SMRAMC_D_LCK != 0
+            && s & mch::SMRAMC_D_OPEN == 0
+            && tseg_ok == Some(true)
+            && window,
+        format_args!(
+            "SMRAMC {:#04x}; TSEG reads all-ones: {:?}; MCH {:#X} locked: {}",
+            s,
+            tseg_ok,
+            mch::REG_SMBASE_SMRAM,
+            window
+        ),
+    );
+}
+
 /// MCH 0x9C reads locked and the default-SMBASE window reads all-ones and drops writes.
 fn check_window(r: &mut Report, m: &Mch<'_, HwPorts>) {
     let locked = m.raw_default_smbase_smram();

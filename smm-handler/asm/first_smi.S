@@ -61,41 +61,9 @@ first_smi_handler_start:
 5:  movl {ctx_new_smbase}(%edi), %eax
     movl %eax, {ss_smbase}(%edi)
 
-    /* Step 5: a canonical real-mode return context at the pen (R16): CS = pen >> 4 with
-       base = pen, attributes 0x009B (bits 7:0 present, DPL 0, code, readable, accessed),
-       limit 0xFFFF; the five data segments selector 0, base 0, attributes 0x0093 (present,
-       DPL 0, data, writable, accessed), limit 0xFFFF. 64-bit fields as two dwords. */
-    movw ${pen_segment}, {ss_cs_selector}(%edi)
-    movw $0x009B, {ss_cs_attributes}(%edi)
-    movl $0xFFFF, {ss_cs_limit}(%edi)
-    movl ${pen}, {ss_cs_base}(%edi)
-    movl $0, ({ss_cs_base} + 4)(%edi)
-    movl ${ss_es}, %ebx                /* ES, then SS, DS, FS, GS (CS skipped) */
-    movw $5, %cx
-7:  movw $0, {seg_selector}(%ebx)
-    movw $0x0093, {seg_attributes}(%ebx)
-    movl $0xFFFF, {seg_limit}(%ebx)
-    movl $0, {seg_base}(%ebx)
-    movl $0, ({seg_base} + 4)(%ebx)
-    addl ${seg_size}, %ebx
-    cmpl ${ss_cs}, %ebx
-    jne 8f
-    addl ${seg_size}, %ebx
-8:  loop 7b
-    movl $0, {ss_rip}(%edi)              /* RIP = 0: the pen's first byte */
-    movl $0, ({ss_rip} + 4)(%edi)
-    movl $2, {ss_rflags}(%edi)           /* RFLAGS: only the reserved bit 1 */
-    movl $0, ({ss_rflags} + 4)(%edi)
-    movl ${cr0}, {ss_cr0}(%edi)          /* CR0: the reset value, never the saved one */
-    movl $0, {ss_cr3}(%edi)
-    movl $0, ({ss_cr3} + 4)(%edi)
-    movl $0, {ss_cr4}(%edi)
-    movl $0, {ss_efer}(%edi)             /* EFER: no long mode */
-    movl $0, ({ss_efer} + 4)(%edi)
-    movl $0x3FF, {ss_idtr_limit}(%edi)   /* IDTR: the real-mode vector table */
-    movl $0, {ss_idtr_base}(%edi)
-    movl $0, ({ss_idtr_base} + 4)(%edi)
-    movl $0x400, {ss_dr7}(%edi)          /* DR7: reset value, no breakpoints */
+    /* Step 5: a canonical real-mode return context at the pen (R16), the same one the
+       host ROM's slot stub writes for a CPU in the INIT reset state (pen_context.S). */
+    PEN_RETURN_CONTEXT %edi, {default_smbase}
 
     /* Step 6: tell the monarch, then leave. */
     movb $1, {ctx_about_to_leave}(%edi)

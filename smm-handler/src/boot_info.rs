@@ -76,7 +76,8 @@ pub const PARAMS_MAGIC: u32 = 0x534D_4D50;
 
 /// The host ROM's SMM module parameter block (its counterpart of coreboot's
 /// `smm_runtime`), filled by the boot code before SMRAM is closed. After that only the
-/// slot table in it changes, and only from SMM.
+/// slot table in it changes, and only from SMM (and [`SmmParams::boot_phase`], cleared
+/// once by the boot code before the locks).
 #[repr(C)]
 pub struct SmmParams {
     /// [`PARAMS_MAGIC`] once filled.
@@ -85,8 +86,12 @@ pub struct SmmParams {
     pub slot_count: u32,
     /// TSEG base (the slot stacks are at [`crate::layout::tseg::slot_stack`]).
     pub tseg_base: u32,
-    /// Reserved.
-    pub _reserved: u32,
+    /// Non-zero during the boot phase: set when the boot code fills the block, cleared by
+    /// it right before the locks (with TSEG briefly disabled, the only way to write TSEG
+    /// from outside SMM). While it is set, SMM answers the diagnostic query, which the
+    /// boot code uses to check every CPU's slot (`crate::diag`); afterwards only builds
+    /// with the `diag-query` feature do.
+    pub boot_phase: u32,
     /// The boot info.
     pub boot: BootInfo,
     /// SMBASE of each slot ([`crate::layout::tseg::slot_smbase`]).
@@ -102,7 +107,7 @@ impl SmmParams {
             magic: 0,
             slot_count: 0,
             tseg_base: 0,
-            _reserved: 0,
+            boot_phase: 0,
             boot: BootInfo::empty(),
             slot_smbase: [0; MAX_SLOTS],
             slots: Slots::new(),

@@ -5,9 +5,23 @@
 //! state, and only if that save state carries the magic: there is no "which CPU called"
 //! guess, which broadcast SMIs make unreliable (`docs/qemu.md#q-apmc-caller`). The answer reveals the caller's own slot index, SMBASE and
 //! entry count, nothing the caller could use to change SMM; it writes nothing but the
-//! caller's own saved RAX/RSI/RDI.
+//! caller's own saved RAX/RSI/RDI. It does disclose the TSEG layout, so production
+//! builds answer it only while the host allows it: the host ROM during its boot phase (the
+//! boot code checks every CPU's slot with it before the locks), coreboot only with
+//! `CONFIG_CPU_HOTPLUG_RUST_DIAG_QUERY`. Test and checker builds enable the cargo feature
+//! `diag-query`, which answers it always ([`ALWAYS_ANSWERED`]).
 
 use crate::save_state;
+
+/// Whether this build answers the query on every SMI (cargo feature `diag-query`: test and
+/// checker images), whatever the host allows.
+pub const ALWAYS_ANSWERED: bool = cfg!(feature = "diag-query");
+
+/// Whether SMM answers the query now: always with the `diag-query` feature, else only when
+/// the host allows it (`host_allows`).
+pub const fn answered(host_allows: bool) -> bool {
+    ALWAYS_ANSWERED || host_allows
+}
 
 /// APMC command of the diagnostic query.
 pub const APMC_DIAG_QUERY: u8 = 0x5A;

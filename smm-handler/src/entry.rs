@@ -1,7 +1,8 @@
 //! What every SMI at a slot does, the same on both hosts: count the entry, leave at once
 //! while the slot is RELOCATING (R12), answer the diagnostic query in the CPU's own save
-//! state, and — on the monarch — dispatch the APMC command. Plus the host ROM's
-//! owner-aware SMI lock, the stack canary check and the SMM panic handler.
+//! state when this build or the host allows it ([`diag::answered`]), and — on the monarch —
+//! dispatch the APMC command. Plus the host ROM's owner-aware SMI lock, the stack canary
+//! check and the SMM panic handler.
 //!
 //! A host calls [`SmiEntries::begin`] first thing on every SMI, before any lock, then
 //! [`dispatch`] on the CPU that holds its SMI lock.
@@ -22,6 +23,10 @@ pub const APMC_CPU_HOTPLUG: u8 = 0x04;
 pub enum Entry {
     /// Leave SMM now, before the SMI lock (the slot is being relocated, R12).
     Leave,
+    /// Halt inside SMM for good, before the SMI lock: the OS asked to eject this CPU and
+    /// the monarch ejects it once it parked (R14). The host halts with
+    /// [`halt_forever`].
+    Park,
     /// Go on; `apmc` is what port 0xB2 reads.
     Continue {
         /// The APMC command byte.
@@ -39,7 +44,16 @@ impl SmiEntries {
     }
 
     /// The first step of every SMI at `slot` (whose SMBASE is `smbase`), before any lock.
-    pub fn begin<P: PortIo>(&self, ports: &P, slots: &Slots, slot: u32, smbase: u32) -> Entry {
+    /// `diag_allowed`: the host allows the diagnostic query now (the host ROM's boot phase,
+    /// coreboot's Kconfig option); builds with the `diag-query` feature answer it anyway.
+    pub fn begin<P: PortIo>(
+        &self,
+        ports: &P,
+        slots: &Slots,
+        slot: u32,
+        smbase: u32,
+        diag_allowed: bool,
+    ) -> Entry {
         let Some(count) = self.0.get(slot as usize) else {
             return Entry::Leave;
         };
@@ -49,8 +63,13 @@ impl SmiEntries {
         if hotplug::must_return_early(slots, slot as usize) {
             return Entry::Leave;
         }
+        if park_if_removing(slots, slot) {
+            return Entry::Park;
+        }
+        // A CPU whose slot was taken for GONE (a racy status read) shows it is alive.
+        slots.transition(slot as usize, crate::slots::GONE, crate::slots::ACTIVE);
         let apmc = ports.inb(APM_CNT);
-        if apmc == diag::APMC_DIAG_QUERY && smbase != 0 {
+        if apmc == diag::APMC_DIAG_QUERY && smbase != 0 && diag::answered(diag_allowed) {
             // SAFETY: `smbase` is this CPU's own slot's SMBASE (host contract), so the
             // save state above it is this CPU's own.
             unsafe { diag::answer_in_save_state(slot, smbase, n) };
@@ -70,6 +89,17 @@ impl Default for SmiEntries {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Whether the CPU at `slot` is to be ejected; if so, its slot says it parked. Call
+/// before the SMI lock and while waiting for it.
+pub fn park_if_removing(slots: &Slots, slot: u32) -> bool {
+    let n = slot as usize;
+    if !slots.is_removing(n) {
+        return false;
+    }
+    slots.transition(n, crate::slots::REMOVING, crate::slots::PARKED);
+    true
 }
 
 /// Run the handler for `apmc` on the monarch. Only APMC 4 (CPU hot-add) has one; the
@@ -128,6 +158,19 @@ impl Default for Heartbeat {
     }
 }
 
+/// How [`SmiLock::run`] ended for the calling CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locked {
+    /// This CPU was the monarch and ran the handlers.
+    Led,
+    /// Another CPU was the monarch and finished.
+    Done,
+    /// The wait hit its bound.
+    GaveUp,
+    /// This CPU is to be ejected: halt inside SMM ([`halt_forever`]).
+    Park,
+}
+
 /// coreboot-style SMI lock (one CPU runs the handlers, the others wait for it and then
 /// leave) that records its owner's slot + 1 (0 = free) and the owner's progress. A CPU
 /// that finds itself recorded as owner knows its earlier run was cut short — QEMU TCG
@@ -151,8 +194,9 @@ impl SmiLock {
 
     /// Run `f` as the monarch if this CPU (at `slot`) gets the lock; `f` learns whether
     /// the lock was recovered from an interrupted monarch (recover first). Otherwise wait
-    /// (bounded) until the monarch is done, or take over from a monarch that is gone.
-    pub fn run<H: Host + ?Sized>(&self, host: &H, slot: u32, f: impl FnOnce(bool)) {
+    /// (bounded) until the monarch is done, or take over from a monarch that is gone; a
+    /// waiter whose slot becomes REMOVING stops waiting and parks ([`Locked::Park`]).
+    pub fn run<H: Host + ?Sized>(&self, host: &H, slot: u32, f: impl FnOnce(bool)) -> Locked {
         let me = slot + 1;
         // A CPU is in SMM at most once at a time: if the lock names us, our own earlier
         // run was cut short.
@@ -170,20 +214,23 @@ impl SmiLock {
         }
         if self.take(host, 0, me) {
             self.lead(me, || f(stale));
-            return;
+            return Locked::Led;
         }
         let start = host.now_us();
         let mut spins = 0u64;
         loop {
             let owner = self.owner.load(Ordering::Acquire);
             if owner == 0 {
-                return;
+                return Locked::Done;
+            }
+            if park_if_removing(host.data().slots, slot) {
+                return Locked::Park;
             }
             let now = host.now_us();
             if self.heartbeat.is_stale(now) && self.take(host, owner, me) {
                 smm_log!(host, Warn, "SMI lock: the monarch in slot {} made no progress; slot {} takes over and recovers", owner - 1, slot);
                 self.lead(me, || f(true));
-                return;
+                return Locked::Led;
             }
             spins += 1;
             if spins >= LOCK_WAIT_SPINS || now.wrapping_sub(start) >= LOCK_WAIT_US {
@@ -193,7 +240,7 @@ impl SmiLock {
                     "SMI lock held too long; slot {} leaves SMM without running the handlers",
                     slot
                 );
-                return;
+                return Locked::GaveUp;
             }
             core::hint::spin_loop();
         }

@@ -36,6 +36,7 @@ const fn ctx(off: usize) -> u32 {
 core::arch::global_asm!(
     concat!(
         include_str!("../asm/cpuid_apic_id.S"),
+        include_str!("../asm/pen_context.S"),
         include_str!("../asm/first_smi.S"),
         include_str!("../asm/pen.S")
     ),
@@ -50,29 +51,26 @@ core::arch::global_asm!(
     ctx_arrived = const ctx(offset_of!(Context, arrived)),
     ss_revision = const at(ss::REVISION),
     ss_smbase = const at(ss::SMBASE),
-    pen = const PEN.base,
-    pen_segment = const PEN.base >> 4,
-    ss_cs = const at(ss::CS),
-    ss_cs_selector = const at(ss::CS + ss::SEG_SELECTOR),
-    ss_cs_attributes = const at(ss::CS + ss::SEG_ATTRIBUTES),
-    ss_cs_limit = const at(ss::CS + ss::SEG_LIMIT),
-    ss_cs_base = const at(ss::CS + ss::SEG_BASE),
-    ss_es = const at(ss::ES),
-    seg_selector = const ss::SEG_SELECTOR,
-    seg_attributes = const ss::SEG_ATTRIBUTES,
-    seg_limit = const ss::SEG_LIMIT,
-    seg_base = const ss::SEG_BASE,
-    seg_size = const ss::SEGMENT_SIZE,
-    ss_rip = const at(ss::RIP),
-    ss_rflags = const at(ss::RFLAGS),
-    cr0 = const PEN_CR0,
-    ss_cr0 = const at(ss::CR0),
-    ss_cr3 = const at(ss::CR3),
-    ss_cr4 = const at(ss::CR4),
-    ss_efer = const at(ss::EFER),
-    ss_idtr_limit = const at(ss::IDTR_LIMIT),
-    ss_idtr_base = const at(ss::IDTR_BASE),
-    ss_dr7 = const at(ss::DR7),
+    default_smbase = const DEFAULT_SMBASE,
+    // pen_context.S (PEN_RETURN_CONTEXT), the same operands as host-rom/src/smm_stub.rs:
+    pctx_es = const ss::ES,
+    pctx_cs = const ss::CS,
+    pctx_seg_selector = const ss::SEG_SELECTOR,
+    pctx_seg_attributes = const ss::SEG_ATTRIBUTES,
+    pctx_seg_limit = const ss::SEG_LIMIT,
+    pctx_seg_base = const ss::SEG_BASE,
+    pctx_seg_size = const ss::SEGMENT_SIZE,
+    pctx_rip = const ss::RIP,
+    pctx_rflags = const ss::RFLAGS,
+    pctx_cr0 = const ss::CR0,
+    pctx_cr3 = const ss::CR3,
+    pctx_cr4 = const ss::CR4,
+    pctx_efer = const ss::EFER,
+    pctx_idtr_limit = const ss::IDTR_LIMIT,
+    pctx_idtr_base = const ss::IDTR_BASE,
+    pctx_dr7 = const ss::DR7,
+    pctx_pen = const PEN.base,
+    pctx_pen_cr0 = const PEN_CR0,
     pen_signal = const PEN_SIGNAL,
     options(att_syntax)
 );
@@ -217,4 +215,15 @@ impl Window for FixedWindow {
         // SAFETY: reading one byte of the reserved pen page (OS-writable: a hint only).
         unsafe { read_volatile((PEN.base + PEN_SIGNAL) as usize as *const u8) }
     }
+}
+
+/// Zero the save state of the slot at `smbase` (a forgotten slot keeps nothing of the
+/// CPU it served).
+///
+/// # Safety
+/// `smbase` must be the SMBASE of a laid-out slot in SMRAM whose CPU is gone or parked.
+pub unsafe fn zero_save_state(smbase: u32) {
+    let at = (smbase + crate::save_state::MAP_OFFSET) as usize as *mut u8;
+    // SAFETY: the caller guarantees the slot's save-state map is ours to clear.
+    unsafe { write_bytes(at, 0, crate::save_state::MAP_SIZE as usize) }
 }

@@ -75,6 +75,12 @@ pub trait Host {
     fn send_ipi(&self, apic: u32, icr_low: u32) -> bool;
     /// The default-SMBASE window and the pen page.
     fn window(&self) -> &dyn Window;
+    /// The APIC ID of the CPU running the handler (CPUID's initial APIC ID, which the OS
+    /// cannot change): a CPU never ejects itself.
+    fn current_apic(&self) -> u32;
+    /// Zero the save state of the slot at `smbase` (a forgotten slot keeps nothing of the
+    /// ejected CPU).
+    fn zero_save_state(&self, smbase: u32);
     /// Called on every poll of the monarch's waits: lets the host record progress for its
     /// SMI lock, and says whether this CPU still is the monarch (`false` when another CPU
     /// took over after this one stalled: the service then stops at once and leaves every

@@ -6,6 +6,7 @@
 //! and from OS-writable memory is untrusted; every wait is bounded by the clock *and* by
 //! an iteration count; nothing here blocks on anything the OS controls (R5, R11).
 
+use crate::eject;
 use crate::host::Host;
 use crate::layout::GATE_CLOSED;
 use crate::slots::{self, Phase, Slots, MAX_SLOTS};
@@ -41,17 +42,19 @@ pub struct Summary {
     pub skipped: u32,
     /// Slots quarantined (and the gate-not-closed stop).
     pub quarantined: u32,
+    /// CPUs ejected, or found gone, and their slots forgotten.
+    pub ejected: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Step {
+pub(crate) enum Step {
     Next,
     Stop,
 }
 
 /// How a bounded wait ended.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Wait {
+pub(crate) enum Wait {
     /// The condition held.
     Met,
     /// The bound passed first.
@@ -60,7 +63,7 @@ enum Wait {
     Deposed,
 }
 
-fn wait<H: Host + ?Sized>(h: &H, us: u64, mut cond: impl FnMut() -> bool) -> Wait {
+pub(crate) fn wait<H: Host + ?Sized>(h: &H, us: u64, mut cond: impl FnMut() -> bool) -> Wait {
     let start = h.now_us();
     let mut polls = 0u64;
     loop {
@@ -88,7 +91,14 @@ pub fn must_return_early(slots: &Slots, slot: usize) -> bool {
     slots.state(slot) == slots::RELOCATING
 }
 
-/// Scan the register block for insert events (`docs/protocol.md#the-cpu-hotplug-register-block`).
+/// Scan the register block for insert events only (the eject requests it sees are left
+/// for [`scan_events`]). Returns the number of insert events; the APIC IDs go to `out`.
+pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
+    let mut ejects = heapless::Vec::new();
+    scan_events(h, out, &mut ejects)
+}
+
+/// Scan the register block for events (`docs/protocol.md#the-cpu-hotplug-register-block`).
 /// Bounded by the possible count; inconsistent status combinations are skipped (R5). The
 /// APIC ID comes from the table recorded at boot by selector; the block's own arch ID
 /// must agree, and the selector must still be the one read after every register read, or
@@ -96,8 +106,13 @@ pub fn must_return_early(slots: &Slots, slot: usize) -> bool {
 /// the scan's `possible` steps, so a CPU that keeps moving the selector can only make the
 /// scan miss events (those CPUs are found later through their arrival marks), never make
 /// it longer.
-/// Returns the number of insert events seen; the APIC IDs go to `out`.
-pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
+/// Returns the number of insert events seen; their APIC IDs go to `inserts`, the
+/// selectors with an eject request (`fw_remove`) to `ejects`.
+pub fn scan_events<H: Host + ?Sized>(
+    h: &H,
+    inserts_out: &mut heapless::Vec<u32, MAX_BATCH>,
+    ejects: &mut heapless::Vec<u32, MAX_BATCH>,
+) -> u32 {
     let hp = CpuHp::new(h.ports());
     let d = h.data();
     let possible = d.possible_count();
@@ -131,9 +146,19 @@ pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BA
         cur = pend;
         if insert {
             inserts += 1;
-            insert_event(h, cur, st, block_id, out);
+            insert_event(h, cur, st, block_id, inserts_out);
         } else if st & cpuhp::STS_FW_REMOVE != 0 {
-            smm_log!(h, Warn, "cpuhp: eject request for selector {} ignored: hot-unplug is not serviced by this handler", cur);
+            if st & cpuhp::STS_ENABLED == 0 {
+                smm_log!(
+                    h,
+                    Warn,
+                    "cpuhp: inconsistent status {:#x} at selector {}, skipped",
+                    st,
+                    cur
+                );
+            } else if !ejects.contains(&cur) {
+                let _ = ejects.push(cur);
+            }
         } else if st & cpuhp::STS_REMOVE == 0 {
             break;
         }
@@ -205,25 +230,36 @@ fn acceptable<H: Host + ?Sized>(h: &H, apic: u32) -> bool {
     } else if !d.is_possible(apic) {
         smm_log!(h, Warn, "APIC ID {} is not a possible CPU, skipped", apic);
     } else {
-        // Already known is the idempotent case (edk2 020bb4b46d): skipped quietly.
-        return d.slots.slot_of(apic, d.slot_count()).is_none();
+        // Already known is the idempotent case (edk2 020bb4b46d): skipped quietly. A GONE
+        // slot is known too, but a CPU with its APIC ID is a new one if it arrives.
+        return match d.slots.slot_of(apic, d.slot_count()) {
+            None => true,
+            Some(n) => d.slots.state(n) == slots::GONE,
+        };
     }
     false
 }
 
-/// Service APMC 4. Idempotent: with nothing pending it changes nothing (R10).
+/// Service APMC 4: eject the CPUs the OS asked to remove, forget those QEMU reports gone,
+/// then relocate the new ones. Idempotent: with nothing pending it changes nothing (R10).
 pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
     let mut s = Summary::default();
+    let mut cands: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
+    let mut ejects: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
+    s.inserts = scan_events(h, &mut cands, &mut ejects);
+    eject::plan(h, &ejects);
+    eject::forget_gone(h, &mut s);
+    if eject::eject_planned(h, &mut s) == Step::Stop {
+        return s;
+    }
     if h.data().slots.is_stopped() {
         smm_log!(
             h,
             Debug,
-            "APMC 4 ignored: CPU hot-add stopped after a stuck relocation"
+            "APMC 4: CPU hot-add stopped after a stuck relocation"
         );
         return s;
     }
-    let mut cands: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
-    s.inserts = scan_inserts(h, &mut cands);
     add_stragglers(h, &mut cands);
     cands.retain(|&a| acceptable(h, a));
     if cands.is_empty() {
@@ -252,10 +288,24 @@ pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
 
 /// Stragglers: CPUs that arrived in the first-SMI handler earlier and were never
 /// relocated (their insert event is gone), found through the arrival marks.
+/// Only a CPU whose selector (by the boot table) QEMU reports present, with this APIC ID,
+/// is taken: the same evidence that later decides whether it is gone
+/// ([`eject::forget_gone`]).
 fn add_stragglers<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BATCH>) {
     let (w, d) = (h.window(), h.data());
+    let hp = CpuHp::new(h.ports());
     for apic in 0..crate::layout::ARRIVED_ENTRIES as u32 {
-        if w.arrived(apic) != 0 && d.is_possible(apic) {
+        if w.arrived(apic) == 0 || cands.contains(&apic) {
+            continue;
+        }
+        let Some(sel) = d.possible_apic_ids.iter().position(|&a| a == apic) else {
+            continue;
+        };
+        hp.select(sel as u32);
+        if hp.status() & cpuhp::STS_ENABLED == 0 {
+            // The CPU is gone (ejected before it was relocated): its mark is stale.
+            w.clear_arrived(apic);
+        } else if hp.arch_id() == Some(apic) {
             push_unique(cands, apic);
         }
     }
@@ -323,6 +373,8 @@ fn arrival_barrier<H: Host + ?Sized>(
 /// slot is published, so a recovery after a lost monarch trusts only what this
 /// relocation wrote (R15).
 fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
+    // It arrived (the barrier kept only arrived CPUs): an old slot of its APIC ID is free.
+    eject::forget_if_replugged(h, apic);
     let d = h.data();
     let Some(n) = d.slots.first_free(d.slot_count()) else {
         smm_log!(

@@ -182,10 +182,14 @@ pub mod tseg {
 
     /// TSEG size (ESMRAMC TSEG_SZ = 1 MiB).
     pub const SIZE: u32 = 1 << 20;
-    /// Identity map of 4 GiB with 2 MiB pages: PML4, PDPT, four page directories.
-    pub const PAGE_TABLES: Region = Region::new(0, 0x6000);
+    /// Identity map of 4 GiB: PML4, PDPT, four page directories of 2 MiB pages, and one
+    /// page table that splits the first 2 MiB into 4 KiB pages so that below 1 MiB only
+    /// the default-SMBASE window and the pen are mapped (page 0 is not: R16).
+    pub const PAGE_TABLES: Region = Region::new(0, 0x7000);
+    /// The page table of the first 2 MiB, the last page of [`PAGE_TABLES`].
+    pub const LOW_PAGE_TABLE: u32 = PAGE_TABLES.end() - 0x1000;
     /// The GDT the slot stubs load (null, 32-bit code, data, 64-bit code).
-    pub const GDT: Region = Region::new(0x6000, 0x1000);
+    pub const GDT: Region = Region::new(0x7000, 0x1000);
     /// The relocatable SMM module (the host ROM's SMM entry and the handler).
     pub const MODULE: Region = Region::new(0x8000, 0x3_8000);
     /// Bytes of one slot's stack; its lowest 8 bytes hold [`super::STACK_CANARY`].
@@ -234,6 +238,8 @@ pub mod tseg {
     const _: () = assert!(STUB_MAX <= SLOT_STRIDE && save_state::MAP_SIZE <= SLOT_STRIDE);
     const _: () = assert!(SMM_ENTRY_OFFSET + STUB_MAX <= save_state::MAP_OFFSET);
     const _: () = assert!(PAGE_TABLES.is_aligned(0x1000) && STACKS.base.is_multiple_of(16));
+    // PML4, PDPT, four page directories, then the low page table.
+    const _: () = assert!(LOW_PAGE_TABLE == PAGE_TABLES.base + 6 * 0x1000);
 }
 
 /// The value the lowest qword of every slot stack holds; SMM checks it on the way out.

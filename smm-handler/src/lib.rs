@@ -10,7 +10,8 @@
 //! - [`layout`], [`save_state`]: where everything lives, named once.
 //! - [`first_smi`], [`boot_reloc`]: the 16-bit code that runs at the default SMBASE
 //!   (`asm/`), and the monarch's view of the window.
-//! - [`hotplug`]: APMC 4 — scan, arrival barrier, serialized relocation, recovery.
+//! - [`hotplug`]: APMC 4 — scan, arrival barrier, serialized relocation, recovery;
+//!   [`eject`]: hot-remove (plan, park, eject by selector, forget the slot).
 //! - [`host`]: the seam to the two hosts; [`entry`]: the SMI entry steps both share.
 //! - [`slots`], [`boot_info`]: the SMRAM data; [`arming`]: boot-time negotiation policy
 //!   and locking, shared by both hosts' boot code.
@@ -25,6 +26,7 @@ pub mod arming;
 pub mod boot_info;
 pub mod boot_reloc;
 pub mod diag;
+pub mod eject;
 pub mod entry;
 pub mod first_smi;
 pub mod host;

@@ -14,8 +14,18 @@ pub const FREE: u32 = 0;
 pub const ACTIVE: u32 = 1;
 /// The slot's CPU is being relocated: at its new SMBASE it must return at once (R12).
 pub const RELOCATING: u32 = 2;
-/// Something went wrong mid-relocation: never reuse (R7).
+/// Something went wrong mid-relocation or mid-eject: never reuse (R7).
 pub const QUARANTINED: u32 = 3;
+/// The OS asked to eject the slot's CPU: at its next SMI entry it parks inside SMM and
+/// never takes the SMI lock (R14).
+pub const REMOVING: u32 = 4;
+/// The slot's CPU is parked inside SMM, waiting to be ejected.
+pub const PARKED: u32 = 5;
+/// QEMU reports the slot's CPU absent (ejected). The slot stays reserved for its APIC ID
+/// until a CPU with that APIC ID arrives at the default SMBASE — proof that the old one
+/// no longer exists, which a status read racing the OS's selector writes is not (R5) —
+/// or until the CPU shows it is alive after all by taking an SMI at the slot.
+pub const GONE: u32 = 6;
 /// The APIC ID of a slot that serves no CPU.
 pub const NO_APIC: u32 = u32::MAX;
 
@@ -102,6 +112,19 @@ impl Slots {
     /// The slot that serves (or is being given to, or quarantined with) `apic`.
     pub fn slot_of(&self, apic: u32, count: usize) -> Option<usize> {
         (0..count.min(MAX_SLOTS)).find(|&i| self.state(i) != FREE && self.apic(i) == apic)
+    }
+
+    /// Compare-and-set the state of `slot`; `true` if it was `from`.
+    pub fn transition(&self, slot: usize, from: u32, to: u32) -> bool {
+        self.state.get(slot).is_some_and(|s| {
+            s.compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })
+    }
+
+    /// Whether `slot`'s CPU is to be ejected (REMOVING or PARKED).
+    pub fn is_removing(&self, slot: usize) -> bool {
+        matches!(self.state(slot), REMOVING | PARKED)
     }
 
     /// Stop CPU hot-add until reset.

@@ -29,9 +29,9 @@ fn begin_counts_every_entry_per_slot_and_passes_on_the_apmc_command() {
     };
 
     for _ in 0..3 {
-        assert_eq!(e.begin(&m.ports, &m.slots, 0, 0), go_on);
+        assert_eq!(e.begin(&m.ports, &m.slots, 0, 0, false), go_on);
     }
-    assert_eq!(e.begin(&m.ports, &m.slots, 2, 0), go_on);
+    assert_eq!(e.begin(&m.ports, &m.slots, 2, 0, false), go_on);
 
     assert_eq!(e.count(0), 3);
     assert_eq!(e.count(1), 0, "a slot without SMIs counts none");
@@ -46,10 +46,14 @@ fn begin_sends_a_cpu_of_a_relocating_slot_out_before_the_lock() {
     m.ports.outb(APM_CNT, APMC_CPU_HOTPLUG);
     m.slots.set(1, RELOCATING, 1);
 
-    assert_eq!(e.begin(&m.ports, &m.slots, 1, 0), Entry::Leave, "R12");
+    assert_eq!(
+        e.begin(&m.ports, &m.slots, 1, 0, false),
+        Entry::Leave,
+        "R12"
+    );
     assert_eq!(e.count(1), 1, "the entry is still counted");
     assert_eq!(
-        e.begin(&m.ports, &m.slots, 0, 0),
+        e.begin(&m.ports, &m.slots, 0, 0, false),
         Entry::Continue {
             apmc: APMC_CPU_HOTPLUG
         },
@@ -59,7 +63,7 @@ fn begin_sends_a_cpu_of_a_relocating_slot_out_before_the_lock() {
     // Once the relocation is finished the slot's SMIs go on to the lock.
     m.slots.set(1, ACTIVE, 1);
     assert_eq!(
-        e.begin(&m.ports, &m.slots, 1, 0),
+        e.begin(&m.ports, &m.slots, 1, 0, false),
         Entry::Continue {
             apmc: APMC_CPU_HOTPLUG
         }
@@ -75,7 +79,7 @@ fn begin_sends_a_cpu_of_a_slot_beyond_the_table_out_and_counts_nothing() {
 
     for slot in [MAX_SLOTS as u32, MAX_SLOTS as u32 + 1, u32::MAX] {
         assert_eq!(
-            e.begin(&m.ports, &m.slots, slot, 0),
+            e.begin(&m.ports, &m.slots, slot, 0, false),
             Entry::Leave,
             "slot {slot}"
         );
@@ -115,6 +119,12 @@ impl Host for LiveMonarch<'_> {
     }
     fn window(&self) -> &dyn Window {
         self.m.window()
+    }
+    fn current_apic(&self) -> u32 {
+        self.m.current_apic()
+    }
+    fn zero_save_state(&self, smbase: u32) {
+        self.m.zero_save_state(smbase)
     }
 }
 

@@ -36,10 +36,11 @@ fn main() {
             entry.push(ms(vm
                 .wait_for("payload: entered", T)
                 .expect("payload entry")));
-            result.push(ms(vm.wait_for("RESULT:", T).expect("payload result")));
-            let out = vm.output();
-            smram = out
+            vm.wait_for_line("RESULT:", T).expect("payload result");
+            result.push(ms(vm.started.elapsed()));
+            smram = vm
                 .lines()
+                .iter()
                 .find_map(|l| l.split("SMRAM used: ").nth(1))
                 .unwrap_or("?")
                 .to_string();

@@ -4,9 +4,15 @@
 //!
 //! Environment:
 //! - `QEMU`: the qemu-system-x86_64 binary (default: `qemu-system-x86_64` on PATH);
-//! - `HOST_ROM`: the `-bios` image to test (default: `build/host-rom.rom`, built by
-//!   `scripts/build` on first use); point it at a coreboot.rom to run the same tests there;
+//! - `HOST_ROM`: the `-bios` image to test (default: the test image
+//!   `build/host-rom-test.rom`, built by `scripts/build` on first use, whose SMM answers the
+//!   diagnostic query the per-CPU slot checks need); point it at a coreboot.rom to run the
+//!   same tests there;
 //! - `PAYLOAD_ELF`: the payload (default `build/payload.elf`).
+//!
+//! Tests of the test knobs use the test image whatever `HOST_ROM` says
+//! ([`VmConfig::test_image`]); tests of the production ROM use `build/host-rom.rom`
+//! ([`VmConfig::production_image`]).
 
 pub mod qmp;
 
@@ -54,14 +60,47 @@ pub fn check_qemu(bin: &Path) -> Result<String, String> {
     }
 }
 
-/// Whether the ROM under test is this project's host ROM (not e.g. a coreboot.rom given
-/// in `HOST_ROM`). Tests of host-ROM-only features and log lines check this.
+/// File name of the production host ROM in `build/`.
+pub const PRODUCTION_ROM: &str = "host-rom.rom";
+/// File name of the host ROM's test image in `build/` (test knobs, diagnostic query).
+pub const TEST_ROM: &str = "host-rom-test.rom";
+
+/// The test image's negative-control knob: fw_cfg file and the one value it acts on (the
+/// default-SMBASE window left open, nothing negotiated).
+pub const KNOB_OPEN_WINDOW: (&str, &str) = (
+    "opt/host-rom/insecure-open-default-smbase",
+    "leave-window-open",
+);
+/// The test image's benchmark-baseline knob: fw_cfg file and the one value it acts on (no
+/// SMM set up; only on a machine without SMM).
+pub const KNOB_NO_SMM: (&str, &str) = ("opt/host-rom/baseline-no-smm", "no-smm-baseline");
+
+/// QEMU binaries to try for a machine without SMM (`-machine q35,smm=off`): `$QEMU_ALT`,
+/// then `/opt/qemu10/qemu-system-x86_64` when present (Debian's 7.2 keeps SMM with
+/// `smm=off`; 10.0.2 removes it). Whether one really has no SMM, the baseline knob finds
+/// out at boot.
+pub fn no_smm_qemu_candidates() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::env::var_os("QEMU_ALT")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    let opt = PathBuf::from("/opt/qemu10/qemu-system-x86_64");
+    if opt.exists() && !v.contains(&opt) {
+        v.push(opt);
+    }
+    v.retain(|q| check_qemu(q).is_ok());
+    v
+}
+
+/// Whether the ROM under test is this project's host ROM, either image (not e.g. a
+/// coreboot.rom given in `HOST_ROM`). Tests of host-ROM-only features and log lines check
+/// this.
 pub fn testing_host_rom() -> bool {
     match std::env::var_os("HOST_ROM") {
         None => true,
         Some(p) => Path::new(&p)
             .file_name()
-            .is_some_and(|n| n == "host-rom.rom"),
+            .is_some_and(|n| n == PRODUCTION_ROM || n == TEST_ROM),
     }
 }
 
@@ -104,9 +143,11 @@ pub fn qemu_fixes_sipi_in_smm() -> bool {
 }
 
 static IMAGES: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
+static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
 
-/// Paths of the ROM and payload, building them with `scripts/build` once per process
-/// unless `HOST_ROM` names a prebuilt ROM.
+/// Paths of the ROM under test and the payload: `HOST_ROM` when set, else the test image
+/// `build/host-rom-test.rom`. Both host ROM images are built with `scripts/build` once per
+/// process unless `HOST_ROM` names a prebuilt ROM.
 pub fn images() -> (PathBuf, PathBuf) {
     let r = IMAGES.get_or_init(|| {
         let root = workspace_root();
@@ -116,23 +157,43 @@ pub fn images() -> (PathBuf, PathBuf) {
         if let Some(rom) = std::env::var_os("HOST_ROM") {
             return Ok((PathBuf::from(rom), payload));
         }
-        let out = Command::new(root.join("scripts/build"))
-            .current_dir(&root)
-            .output()
-            .map_err(|e| format!("cannot run scripts/build: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "scripts/build failed:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok((root.join("build/host-rom.rom"), payload))
+        build_host_roms()?;
+        Ok((root.join("build").join(TEST_ROM), payload))
     });
     match r {
         Ok(p) => p.clone(),
         Err(e) => panic!("{e}"),
     }
+}
+
+/// `build/<name>`, one of the host ROM images, built with `scripts/build` once per process
+/// (also when `HOST_ROM` names another ROM).
+pub fn host_rom_image(name: &str) -> PathBuf {
+    if let Err(e) = build_host_roms() {
+        panic!("{e}");
+    }
+    workspace_root().join("build").join(name)
+}
+
+/// Run `scripts/build` once per process.
+fn build_host_roms() -> Result<(), String> {
+    BUILT
+        .get_or_init(|| {
+            let root = workspace_root();
+            let out = Command::new(root.join("scripts/build"))
+                .current_dir(&root)
+                .output()
+                .map_err(|e| format!("cannot run scripts/build: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "scripts/build failed:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(())
+        })
+        .clone()
 }
 
 /// How to start one VM.
@@ -150,6 +211,8 @@ pub struct VmConfig {
     pub bios: Option<PathBuf>,
     /// `smm=on` (default); `false` only for the no-SMM benchmark baseline.
     pub smm: bool,
+    /// The QEMU binary (default: [`qemu_binary`], from `$QEMU`).
+    pub qemu: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -162,7 +225,28 @@ impl VmConfig {
             qmp: false,
             bios: None,
             smm: true,
+            qemu: None,
         }
+    }
+
+    /// Boot the host ROM's test image `build/host-rom-test.rom` (test knobs, diagnostic
+    /// query after boot), whatever `HOST_ROM` says.
+    pub fn test_image(mut self) -> Self {
+        self.bios = Some(host_rom_image(TEST_ROM));
+        self
+    }
+
+    /// Boot the production host ROM `build/host-rom.rom` (no test knobs, no diagnostic
+    /// query after boot), whatever `HOST_ROM` says.
+    pub fn production_image(mut self) -> Self {
+        self.bios = Some(host_rom_image(PRODUCTION_ROM));
+        self
+    }
+
+    /// Add `-fw_cfg name=<name>,string=<value>`.
+    pub fn fw_cfg(self, name: &str, value: &str) -> Self {
+        self.arg("-fw_cfg")
+            .arg(&format!("name={name},string={value}"))
     }
 
     /// Add one QEMU argument.
@@ -231,7 +315,13 @@ impl Outcome {
 impl Vm {
     /// Start QEMU as `cfg` says (and connect QMP when asked).
     pub fn start(cfg: &VmConfig) -> Result<Vm, String> {
-        let qemu = qemu_binary()?;
+        let qemu = match &cfg.qemu {
+            Some(q) => {
+                check_qemu(q)?;
+                q.clone()
+            }
+            None => qemu_binary()?,
+        };
         let bios = match &cfg.bios {
             Some(b) => b.clone(),
             None => images().0,
@@ -307,28 +397,63 @@ impl Vm {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Wait until the console contains `needle`; returns the time since QEMU started.
+    /// The complete lines of the serial console so far ([`complete_lines`]): a line
+    /// QEMU is still writing is left out.
+    pub fn lines(&self) -> Vec<String> {
+        complete_lines(&self.output(), false)
+            .map(String::from)
+            .collect()
+    }
+
+    /// Wait until a complete console line (one QEMU finished with '\n') contains
+    /// `needle`; returns the time since QEMU started. Never matches a line still being
+    /// written, so the rest of that line can be asserted on afterwards.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> Result<Duration, String> {
-        let end = Instant::now() + timeout;
-        loop {
-            if self.output().contains(needle) {
-                return Ok(self.started.elapsed());
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Err(format!(
-                    "QEMU exited ({st}) before printing {needle:?}\n{}\n{}",
-                    self.output(),
-                    self.stderr()
-                ));
-            }
-            if Instant::now() > end {
-                return Err(format!(
-                    "timed out after {timeout:?} waiting for {needle:?}\n{}",
-                    self.output()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.wait_for_line_containing(needle, timeout)
+            .map(|_| self.started.elapsed())
+    }
+
+    /// Wait until a complete console line starts with `prefix`; returns that whole line.
+    /// Once QEMU has exited, its last line counts as complete even without '\n'.
+    pub fn wait_for_line(&mut self, prefix: &str, timeout: Duration) -> Result<String, String> {
+        self.wait_for_lines(prefix, 1, timeout)
+            .map(|mut v| v.remove(0))
+    }
+
+    /// Wait until a complete console line contains `needle`; returns that whole line.
+    pub fn wait_for_line_containing(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let what = format!("a line containing {needle:?}");
+        wait_lines(&self.serial, &mut self.child, &what, timeout, |lines| {
+            lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .map(|l| l.to_string())
+        })
+        .map_err(|e| format!("{e}\n--- stderr ---\n{}", self.stderr()))
+    }
+
+    /// Wait until `n` complete console lines start with `prefix`; returns the first `n`.
+    pub fn wait_for_lines(
+        &mut self,
+        prefix: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        let what = format!("{n} line(s) starting with {prefix:?}");
+        wait_lines(&self.serial, &mut self.child, &what, timeout, |lines| {
+            let v: Vec<String> = lines
+                .iter()
+                .filter(|l| l.starts_with(prefix))
+                .take(n)
+                .map(|l| l.to_string())
+                .collect();
+            (v.len() == n).then_some(v)
+        })
+        .map_err(|e| format!("{e}\n--- stderr ---\n{}", self.stderr()))
     }
 
     /// Wait (bounded) for QEMU to exit; kill it on timeout.
@@ -371,7 +496,177 @@ pub fn boot(cfg: &VmConfig, timeout: Duration) -> Outcome {
     }
 }
 
+/// QOM path of the first device of `type_name` under /machine (depth-first, bounded).
+pub fn find_device(q: &mut qmp::Qmp, type_name: &str) -> Option<String> {
+    let mut stack = vec!["/machine".to_string()];
+    let mut visited = 0;
+    while let Some(p) = stack.pop() {
+        visited += 1;
+        if visited > 2000 {
+            return None;
+        }
+        let Ok(list) = q.execute("qom-list", serde_json::json!({"path": p})) else {
+            continue;
+        };
+        for e in list.as_array().into_iter().flatten() {
+            let (Some(name), Some(ty)) = (e["name"].as_str(), e["type"].as_str()) else {
+                continue;
+            };
+            if ty == format!("child<{type_name}>") {
+                return Some(format!("{p}/{name}"));
+            }
+            if ty.starts_with("child<") {
+                stack.push(format!("{p}/{name}"));
+            }
+        }
+    }
+    None
+}
+
+/// The SMI features QEMU itself records as negotiated (ICH9-LPC's
+/// `x-smi-negotiated-features`): the ground truth of the negotiation.
+pub fn qemu_negotiated_smi_features(q: &mut qmp::Qmp) -> Option<u64> {
+    let path = find_device(q, "ICH9-LPC")?;
+    q.execute(
+        "qom-get",
+        serde_json::json!({"path": path, "property": "x-smi-negotiated-features"}),
+    )
+    .ok()?
+    .as_u64()
+}
+
 /// The lines of `output` that start with `prefix`.
 pub fn lines_with<'a>(output: &'a str, prefix: &str) -> Vec<&'a str> {
     output.lines().filter(|l| l.starts_with(prefix)).collect()
+}
+
+/// The console as the tests see it: the file QEMU's serial port writes, `\r` removed.
+fn read_console(serial: &Path) -> String {
+    let mut b = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(serial) {
+        let _ = f.read_to_end(&mut b);
+    }
+    String::from_utf8_lossy(&b).replace('\r', "")
+}
+
+/// The complete lines of `output`: those QEMU finished with '\n'. A last line without
+/// '\n' may still be growing and is left out, unless `exited` (QEMU has exited, so it is
+/// as complete as it will ever be).
+pub fn complete_lines(output: &str, exited: bool) -> std::str::Lines<'_> {
+    let end = if exited {
+        output.len()
+    } else {
+        output.rfind('\n').map_or(0, |i| i + 1)
+    };
+    output[..end].lines()
+}
+
+/// Poll the console at `serial` until `pick` finds what it wants among the complete lines
+/// (`what` names it in errors), bounded by `timeout` and by `child`'s exit. After the exit
+/// the console is read once more, so a line written just before the exit still counts.
+fn wait_lines<T>(
+    serial: &Path,
+    child: &mut Child,
+    what: &str,
+    timeout: Duration,
+    pick: impl Fn(&[&str]) -> Option<T>,
+) -> Result<T, String> {
+    let end = Instant::now() + timeout;
+    loop {
+        let exited = match child.try_wait() {
+            Ok(Some(st)) => Some(st),
+            _ => None,
+        };
+        let out = read_console(serial);
+        let lines: Vec<&str> = complete_lines(&out, exited.is_some()).collect();
+        if let Some(t) = pick(&lines) {
+            return Ok(t);
+        }
+        if let Some(st) = exited {
+            return Err(format!(
+                "QEMU exited ({st}) before printing {what}\n--- serial ---\n{out}"
+            ));
+        }
+        if Instant::now() > end {
+            return Err(format!(
+                "timed out after {timeout:?} waiting for {what}\n--- serial ---\n{out}"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn complete_lines_leave_out_a_line_still_being_written() {
+        let v: Vec<&str> = complete_lines("a\nRESULT:", false).collect();
+        assert_eq!(v, ["a"]);
+        let v: Vec<&str> = complete_lines("a\nRESULT: PASS (8 checks)\n", false).collect();
+        assert_eq!(v, ["a", "RESULT: PASS (8 checks)"]);
+        let v: Vec<&str> = complete_lines("a\nRESULT: FAIL x", true).collect();
+        assert_eq!(v, ["a", "RESULT: FAIL x"]);
+        assert_eq!(complete_lines("RESULT:", false).count(), 0);
+    }
+
+    /// The CI flake: the console holds "RESULT:" while QEMU is still writing the rest of
+    /// the line. The wait must return the whole line, never that prefix.
+    #[test]
+    fn a_wait_returns_the_whole_line_not_a_prefix_still_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let serial = dir.path().join("serial.log");
+        let mut f = std::fs::File::create(&serial).unwrap();
+        write!(f, "payload: entered\r\nRESULT:").unwrap();
+        f.flush().unwrap();
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            write!(f, " PASS (8 checks)\r\n").unwrap();
+            f.flush().unwrap();
+        });
+        let t0 = Instant::now();
+        let line = wait_lines(
+            &serial,
+            &mut child,
+            "RESULT",
+            Duration::from_secs(10),
+            |l| {
+                l.iter()
+                    .find(|l| l.starts_with("RESULT:"))
+                    .map(|l| l.to_string())
+            },
+        );
+        writer.join().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(line.unwrap(), "RESULT: PASS (8 checks)");
+        assert!(t0.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[test]
+    fn a_wait_ends_at_the_process_exit_with_the_last_line_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let serial = dir.path().join("serial.log");
+        std::fs::write(&serial, "FATAL: x").unwrap();
+        let mut child = Command::new("true").spawn().unwrap();
+        let _ = child.wait();
+        let r = wait_lines(
+            &serial,
+            &mut child,
+            "RESULT",
+            Duration::from_secs(10),
+            |l| l.iter().find(|l| l.starts_with("RESULT:")).map(|_| ()),
+        );
+        let e = r.unwrap_err();
+        assert!(e.contains("QEMU exited") && e.contains("FATAL: x"), "{e}");
+        let r = wait_lines(&serial, &mut child, "FATAL", Duration::from_secs(10), |l| {
+            l.iter()
+                .find(|l| l.starts_with("FATAL:"))
+                .map(|l| l.to_string())
+        });
+        assert_eq!(r.unwrap(), "FATAL: x");
+    }
 }

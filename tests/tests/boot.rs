@@ -1,7 +1,6 @@
 //! Boot the host ROM in QEMU q35 (smm=on, TCG) and check the payload's report.
 
 use qemu_tests::*;
-use serde_json::json;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(120);
@@ -83,9 +82,9 @@ fn all_smi_features_are_negotiated_and_qemu_agrees() {
         .arg("-fw_cfg")
         .arg("name=opt/payload/stay,string=1");
     let mut vm = Vm::start(&cfg).unwrap();
-    vm.wait_for("RESULT:", T).unwrap();
+    let result = vm.wait_for_line("RESULT:", T).unwrap();
     let out = vm.output();
-    assert!(out.contains("RESULT: PASS"), "{out}");
+    assert!(result.starts_with("RESULT: PASS"), "{out}");
     if testing_host_rom() {
         assert!(
             out.contains("granted (broadcast cpu-hotplug cpu-hot-unplug)"),
@@ -93,45 +92,11 @@ fn all_smi_features_are_negotiated_and_qemu_agrees() {
         );
     }
     let q = vm.qmp.as_mut().unwrap();
-    let path = find_device(q, "ICH9-LPC").expect("ICH9-LPC in the QOM tree");
-    let f = q
-        .execute(
-            "qom-get",
-            json!({"path": path, "property": "x-smi-negotiated-features"}),
-        )
-        .unwrap();
     assert_eq!(
-        f.as_u64(),
+        qemu_negotiated_smi_features(q),
         Some(7),
         "QEMU's view of the negotiated features"
     );
-}
-
-/// QOM path of the first device of `type_name` under /machine (depth-first, bounded).
-fn find_device(q: &mut qmp::Qmp, type_name: &str) -> Option<String> {
-    let mut stack = vec!["/machine".to_string()];
-    let mut visited = 0;
-    while let Some(p) = stack.pop() {
-        visited += 1;
-        if visited > 2000 {
-            return None;
-        }
-        let Ok(list) = q.execute("qom-list", json!({"path": p})) else {
-            continue;
-        };
-        for e in list.as_array().into_iter().flatten() {
-            let (Some(name), Some(ty)) = (e["name"].as_str(), e["type"].as_str()) else {
-                continue;
-            };
-            if ty == format!("child<{type_name}>") {
-                return Some(format!("{p}/{name}"));
-            }
-            if ty.starts_with("child<") {
-                stack.push(format!("{p}/{name}"));
-            }
-        }
-    }
-    None
 }
 
 #[test]
@@ -187,6 +152,75 @@ fn more_possible_cpus_than_smm_slots_turns_hotplug_off_but_boots() {
     if testing_host_rom() {
         assert!(o.output.contains("granted (broadcast)"), "{}", o.output);
     }
+}
+
+/// The major version of the QEMU under test (0 when unknown).
+fn qemu_major() -> u32 {
+    qemu_version()
+        .split("version ")
+        .nth(1)
+        .and_then(|r| r.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn more_than_256_possible_cpus_boot_with_broadcast_only_and_qemu_refuses_device_add() {
+    // Under TCG QEMU 7.2 refuses more than 255 CPUs ("current -smp configuration requires
+    // kernel irqchip and X2APIC API support"); 10.0.2 accepts up to 4096.
+    if qemu_major() < 10 {
+        eprintln!(
+            "skipped: {} refuses -smp maxcpus > 255 under TCG; this test runs on 10.0.2",
+            qemu_version()
+        );
+        return;
+    }
+    let cfg = VmConfig::new("1,maxcpus=300")
+        .with_qmp()
+        .arg("-fw_cfg")
+        .arg("name=opt/payload/stay,string=1");
+    let mut vm = Vm::start(&cfg).unwrap();
+    let result = vm.wait_for_line("RESULT:", T).unwrap();
+    let out = vm.output();
+    assert!(result.starts_with("RESULT: PASS"), "{out}");
+    assert!(
+        out.contains("payload: cpus present=1 possible=300\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CHECK smi-features: PASS supported=0x7 requested=0x1 features-ok=1"),
+        "broadcast only, negotiation closed: {out}"
+    );
+    for check in [
+        "smram-d_lck",
+        "tseg-unreadable",
+        "default-smbase-smram-locked",
+    ] {
+        assert!(out.contains(&format!("CHECK {check}: PASS")), "{out}");
+    }
+    if testing_host_rom() {
+        assert!(!out.contains("FATAL"), "{out}");
+        let warn =
+            "[WARN ] host-rom: 300 possible CPUs exceed 64 SMM slots: CPU hotplug not offered";
+        assert!(out.lines().any(|l| l == warn), "{out}");
+        assert!(out.contains("granted (broadcast)\n"), "{out}");
+        assert!(out.contains("SMRAM locked: TSEG"), "{out}");
+    }
+    let q = vm.qmp.as_mut().unwrap();
+    assert_eq!(
+        qemu_negotiated_smi_features(q),
+        Some(1),
+        "QEMU's view: broadcast only"
+    );
+    let free = q.free_cpus().expect("query-hotpluggable-cpus");
+    assert_eq!(free.len(), 299);
+    let e = q.device_add_cpu(&free[0], "hp0").unwrap_err();
+    assert!(
+        e.contains("cpu hotplug with SMI wasn't enabled by firmware"),
+        "{e}"
+    );
+    let st = q.execute("query-status", serde_json::json!({})).unwrap();
+    assert_eq!(st["status"], "running", "{st}");
 }
 
 #[test]

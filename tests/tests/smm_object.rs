@@ -1,6 +1,7 @@
 //! Mechanical checks on the built SMM code (not by review): no SSE/x87 instructions, no
 //! panicking or formatting code, only relocation types coreboot's rmodtool accepts,
-//! bounded stack frames. Runs on the host ROM's SMM module and on the object meant for
+//! bounded stack frames. Runs on both of the host ROM's SMM modules (the production one,
+//! and the test image's built with the `diag-query` feature) and on the object meant for
 //! coreboot's smm stage.
 
 use fwtool::{check_smm_file, SmmCheckOptions};
@@ -26,6 +27,36 @@ fn check(rel: &str) {
 #[test]
 fn host_rom_smm_module_is_free_of_sse_panics_and_bad_relocations() {
     check("build/host-rom-smm.elf");
+}
+
+#[test]
+fn host_rom_test_image_smm_module_with_the_diag_query_is_free_of_sse_panics_and_bad_relocations() {
+    check("build/host-rom-smm-diag.elf");
+}
+
+#[test]
+fn the_two_host_rom_smm_modules_differ_only_by_the_diag_query_build_option() {
+    images();
+    let read = |rel: &str| std::fs::read(workspace_root().join(rel)).expect(rel);
+    let (plain, diag) = (
+        read("build/host-rom-smm.elf"),
+        read("build/host-rom-smm-diag.elf"),
+    );
+    assert_ne!(
+        plain, diag,
+        "the diag-query feature must change the SMM module"
+    );
+    // Each ROM packs its own module.
+    let rom = |name: &str| read(&format!("build/{name}"));
+    let packs = |rom: &[u8], rmod: &[u8]| rom.windows(rmod.len()).any(|w| w == rmod);
+    let (plain_rmod, diag_rmod) = (
+        read("build/host-rom-smm.rmod"),
+        read("build/host-rom-smm-diag.rmod"),
+    );
+    assert!(packs(&rom("host-rom.rom"), &plain_rmod));
+    assert!(!packs(&rom("host-rom.rom"), &diag_rmod));
+    assert!(packs(&rom("host-rom-test.rom"), &diag_rmod));
+    assert!(!packs(&rom("host-rom-test.rom"), &plain_rmod));
 }
 
 #[test]

@@ -10,6 +10,8 @@
 
 #define APM_CNT_CPU_HOTPLUG 0x04
 #define RUST_CPU_HOTPLUG_ENV_VERSION 3
+/* diag_query of rust_cpu_hotplug_smi_entry() that answers the diagnostic query ("DIAG"). */
+#define RUST_CPU_HOTPLUG_DIAG_QUERY_ON 0x44494147
 
 /* Rust log levels (smm_handler::log::Level). */
 #define RUST_LOG_ERROR 1
@@ -67,6 +69,6 @@ void rust_cpu_hotplug_reserved_range(uint32_t *base, uint32_t *size);
 
 /* Rust, smm */
 void rust_cpu_hotplug_apmc(const struct rust_cpu_hotplug_env *env);
-int rust_cpu_hotplug_smi_entry(uint32_t cpu, uint32_t smbase);
+int rust_cpu_hotplug_smi_entry(uint32_t cpu, uint32_t smbase, uint32_t diag_query);
 
 #endif

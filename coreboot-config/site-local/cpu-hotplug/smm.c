@@ -2,7 +2,8 @@
 /*
  * SMM side of CPU hotplug with SMM on QEMU q35. APMC 4 goes through the free
  * northbridge_smi_handler() hook (run by the CPU holding the SMI lock), and every CPU
- * asks smm_cpu_must_return_early() before taking the lock.
+ * asks smm_cpu_must_return_early() before taking the lock; there, with
+ * CPU_HOTPLUG_RUST_DIAG_QUERY, the Rust side also answers the diagnostic query.
  */
 
 #include <console/console.h>
@@ -28,7 +29,10 @@ static uint32_t slot_smbase_of(int cpu)
 
 int smm_cpu_must_return_early(int cpu)
 {
-	return rust_cpu_hotplug_smi_entry(cpu, slot_smbase_of(cpu));
+	const uint32_t diag_query = CONFIG(CPU_HOTPLUG_RUST_DIAG_QUERY) ?
+		RUST_CPU_HOTPLUG_DIAG_QUERY_ON : 0;
+
+	return rust_cpu_hotplug_smi_entry(cpu, slot_smbase_of(cpu), diag_query);
 }
 
 void northbridge_smi_handler(void)

@@ -49,6 +49,9 @@ pub enum SmmError {
     },
     /// ESMRAMC does not read back TSEG enabled with 1 MiB.
     TsegNotEnabled,
+    /// The boot-phase flag in TSEG could not be cleared (TSEG did not open, or the write
+    /// did not stick): SMM would keep answering the diagnostic query.
+    BootPhaseNotEnded,
     /// Installing or checking the locks failed.
     Arm(ArmError),
 }

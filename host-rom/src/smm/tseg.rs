@@ -6,7 +6,7 @@
 use core::ptr::{write_bytes, write_volatile};
 
 use smm_handler::boot_info::{SmmParams, PARAMS_MAGIC};
-use smm_handler::layout::{tseg, SMM_ENTRY_OFFSET, STACK_CANARY};
+use smm_handler::layout::{tseg, window, SMM_ENTRY_OFFSET, STACK_CANARY};
 use smm_handler::slots::MAX_SLOTS;
 
 use super::rmod::Rmod;
@@ -46,6 +46,11 @@ pub unsafe fn load(
     if slots as usize > MAX_SLOTS {
         return Err(SmmError::TooManySlots(slots));
     }
+    if smm_stub::smm_stub().code.len() > smm_stub::P_GDT {
+        return Err(SmmError::BadModule(
+            "the SMM entry stub overlaps its parameters",
+        ));
+    }
     // SAFETY: TSEG is ours (caller contract); the layout keeps every part apart
     // (asserted in smm_handler::layout::tseg).
     unsafe {
@@ -82,24 +87,58 @@ pub unsafe fn load(
     })
 }
 
-/// Identity map of 4 GiB with 2 MiB pages, as coreboot's SMM uses: PML4[0] → PDPT,
-/// PDPT[0..3] → four page directories, 2048 entries of 2 MiB (present | writable | PS).
+/// Identity map of 4 GiB, as coreboot's SMM uses: PML4[0] → PDPT, PDPT[0..3] → four page
+/// directories of 2 MiB pages (present | writable | PS), except that the first 2 MiB go
+/// through [`tseg::LOW_PAGE_TABLE`] in 4 KiB pages, of which below 1 MiB only the
+/// default-SMBASE window and the pen ([`window::RESERVED`]) are present. Page 0 is not:
+/// a SIPI that a QEMU with the SIPI-in-SMM defect delivers to a CPU in SMM in long mode
+/// fetches from linear 0 (`docs/qemu.md#q-sipi-in-smm`) and now faults, which the stub's
+/// zero-limit IDT turns into a shutdown, instead of running OS code in SMM (R16).
 ///
 /// # Safety
 /// TSEG must be ours and zeroed.
 unsafe fn write_page_tables(t: u32) {
     let pt = at(t, tseg::PAGE_TABLES.base) as *mut u64;
     let base = u64::from(t + tseg::PAGE_TABLES.base);
-    // SAFETY: the six pages of PAGE_TABLES are inside TSEG (caller contract).
+    let low = (tseg::LOW_PAGE_TABLE - tseg::PAGE_TABLES.base) as usize / 8;
+    // SAFETY: the seven pages of PAGE_TABLES are inside TSEG (caller contract); `low`
+    // indexes its last page.
     unsafe {
-        write_volatile(pt, (base + 0x1000) | 3);
+        write_volatile(pt, (base + 0x1000) | PTE_P | PTE_RW);
         for i in 0..4u64 {
-            write_volatile(pt.add(512 + i as usize), (base + 0x2000 + i * 0x1000) | 3);
+            write_volatile(
+                pt.add(512 + i as usize),
+                (base + 0x2000 + i * 0x1000) | PTE_P | PTE_RW,
+            );
         }
         for j in 0..2048u64 {
-            write_volatile(pt.add(1024 + j as usize), (j << 21) | 0x83);
+            write_volatile(
+                pt.add(1024 + j as usize),
+                (j << 21) | PTE_P | PTE_RW | PTE_PS,
+            );
+        }
+        // The first 2 MiB through the low page table (entries left 0 are not present).
+        write_volatile(
+            pt.add(1024),
+            u64::from(t + tseg::LOW_PAGE_TABLE) | PTE_P | PTE_RW,
+        );
+        for k in 0..512u64 {
+            if low_page_mapped(k << 12) {
+                write_volatile(pt.add(low + k as usize), (k << 12) | PTE_P | PTE_RW);
+            }
         }
     }
+}
+
+/// Page-table entry bits: present, writable, 2 MiB page (in a page directory).
+const PTE_P: u64 = 1 << 0;
+const PTE_RW: u64 = 1 << 1;
+const PTE_PS: u64 = 1 << 7;
+
+/// Whether SMM maps the 4 KiB page at `addr` (below 2 MiB): the default-SMBASE window
+/// and the pen below 1 MiB, everything from 1 MiB on.
+fn low_page_mapped(addr: u64) -> bool {
+    window::RESERVED.holds(addr) || addr >= 0x10_0000
 }
 
 /// The flat GDT the slot stubs load, the same descriptors as the boot code's.
@@ -166,6 +205,8 @@ unsafe fn install_stub(t: u32, i: u32, entry: u64) {
             u64::from(stack_lo + tseg::SLOT_STACK_SIZE),
         );
         w32(smm_stub::P_SLOT, i);
+        // The IDT base: the copy itself, in SMRAM; the limit stays the assembled 0.
+        w32(stub.off_idt + 2, s as u32);
         write_volatile(stack_lo as usize as *mut u64, STACK_CANARY);
     }
 }

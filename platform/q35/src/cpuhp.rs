@@ -54,8 +54,15 @@ pub const CMD_GET_NEXT_EVENT: u8 = 0;
 /// high 32 bits of the selected CPU's arch (APIC) ID.
 pub const CMD_GET_ARCH_ID: u8 = 3;
 
-/// Most possible CPUs this project tracks (QEMU's AML handles 255 per batch).
+/// Possible CPUs whose APIC ID and presence the boot-time count records, by selector
+/// (QEMU's AML handles 255 per batch; CPU hotplug is never offered with more than 64
+/// possible CPUs anyway). The count itself goes on to [`MAX_COUNTED`].
 pub const MAX_POSSIBLE: usize = 256;
+
+/// Most possible CPUs the boot-time count walks: QEMU 10.0's q35 limit (`-smp
+/// maxcpus=4096` under TCG). Beyond it the count stops and says so
+/// ([`CpuTopology::truncated`]); it never loops further.
+pub const MAX_COUNTED: u32 = 4096;
 
 /// Why the boot-time switch or count of the register block failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,21 +76,29 @@ pub enum CpuHpError {
     /// interface is dropped, wider reads return 0, and the status reads come from the
     /// legacy bitmap.
     NonePresent,
-    /// More possible CPUs than [`MAX_POSSIBLE`].
-    TooManyPossible,
 }
 
-/// Result of the boot-time count: every possible CPU in selector order.
+/// Result of the boot-time count: every possible CPU in selector order, the first
+/// [`MAX_POSSIBLE`] of them with their APIC ID and presence.
 #[derive(Clone, Copy)]
 pub struct CpuTopology {
-    /// Number of CPUs whose status read [`STS_ENABLED`].
+    /// Number of CPUs whose status read [`STS_ENABLED`], at any counted selector.
     pub present: u32,
-    /// Number of possible CPUs (valid selectors are `0..possible`).
+    /// Number of possible CPUs (valid selectors are `0..possible`), at most
+    /// [`MAX_COUNTED`].
     pub possible: u32,
-    /// Arch (APIC) ID per selector, `u32::MAX` where the high dword was not 0.
+    /// Arch (APIC) ID per selector, `u32::MAX` where the high dword was not 0; only for
+    /// the first [`MAX_POSSIBLE`] selectors ([`Self::recorded`]).
     pub apic_ids: [u32; MAX_POSSIBLE],
-    /// [`STS_ENABLED`] per selector.
+    /// [`STS_ENABLED`] per selector, for the same selectors as `apic_ids`.
     pub present_mask: [bool; MAX_POSSIBLE],
+    /// The largest APIC ID of any counted CPU, recorded or not (`u32::MAX` when an arch
+    /// ID did not fit 32 bits).
+    pub max_apic: u32,
+    /// Present CPUs at selectors past the recorded ones (`apic_ids` does not have them).
+    pub present_unrecorded: u32,
+    /// The count stopped at [`MAX_COUNTED`] while the next selector still existed.
+    pub truncated: bool,
 }
 
 impl CpuTopology {
@@ -93,10 +108,20 @@ impl CpuTopology {
         possible: 0,
         apic_ids: [u32::MAX; MAX_POSSIBLE],
         present_mask: [false; MAX_POSSIBLE],
+        max_apic: 0,
+        present_unrecorded: 0,
+        truncated: false,
     };
 
+    /// How many selectors have their APIC ID and presence recorded: `possible`, at most
+    /// [`MAX_POSSIBLE`].
+    pub fn recorded(&self) -> u32 {
+        self.possible.min(MAX_POSSIBLE as u32)
+    }
+
     /// The APIC ID of the CPU at `selector`, or `None` when `selector` is not a possible
-    /// CPU. `Some(u32::MAX)` means its arch ID did not fit 32 bits.
+    /// CPU or past the recorded ones. `Some(u32::MAX)` means its arch ID did not fit 32
+    /// bits.
     pub fn apic_id(&self, selector: u32) -> Option<u32> {
         if selector >= self.possible {
             return None;
@@ -104,7 +129,7 @@ impl CpuTopology {
         self.apic_ids.get(selector as usize).copied()
     }
 
-    /// Whether `apic_id` belongs to any possible CPU.
+    /// Whether `apic_id` belongs to any recorded possible CPU.
     pub fn is_possible_apic_id(&self, apic_id: u32) -> bool {
         self.apic_ids
             .iter()
@@ -112,14 +137,9 @@ impl CpuTopology {
             .any(|&a| a == apic_id)
     }
 
-    /// The largest APIC ID of any possible CPU.
+    /// The largest APIC ID of any possible CPU, recorded or not.
     pub fn max_apic_id(&self) -> u32 {
-        self.apic_ids
-            .iter()
-            .take(self.possible as usize)
-            .copied()
-            .max()
-            .unwrap_or(0)
+        self.max_apic
     }
 }
 
@@ -197,10 +217,10 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
         Ok(())
     }
 
-    /// Count present and possible CPUs and record each one's APIC ID, walking the
-    /// selector up from 0 until "Command data" no longer reads back the selector (QEMU
-    /// reads 0 for a selector past the last possible CPU). Requires
-    /// [`Self::switch_to_modern`] first.
+    /// Count present and possible CPUs and record the APIC ID of each of the first
+    /// [`MAX_POSSIBLE`], walking the selector up from 0 until "Command data" no longer
+    /// reads back the selector (QEMU reads 0 for a selector past the last possible CPU),
+    /// at most [`MAX_COUNTED`] selectors. Requires [`Self::switch_to_modern`] first.
     pub fn count(&self) -> Result<CpuTopology, CpuHpError> {
         let mut topo = CpuTopology::EMPTY;
         self.count_into(&mut topo)?;
@@ -216,27 +236,29 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
         // Command 0 scans for the next CPU with an event and may move the selector there;
         // select CPU 0 again (the command stays 0, so Command data reads the selector).
         self.select(0);
-        loop {
+        // Bounded: one step per selector, at most MAX_COUNTED steps.
+        for _ in 0..MAX_COUNTED {
             let idx = topo.possible as usize;
-            if idx >= MAX_POSSIBLE {
-                return Err(CpuHpError::TooManyPossible);
-            }
             let enabled = self.status() & STS_ENABLED != 0;
-            if let Some(present) = topo.present_mask.get_mut(idx) {
-                *present = enabled;
+            let id = self.arch_id().unwrap_or(u32::MAX);
+            match (topo.present_mask.get_mut(idx), topo.apic_ids.get_mut(idx)) {
+                (Some(present), Some(entry)) => {
+                    *present = enabled;
+                    *entry = id;
+                }
+                _ => topo.present_unrecorded += u32::from(enabled),
             }
             if enabled {
                 topo.present += 1;
             }
-            if let (Some(entry), Some(id)) = (topo.apic_ids.get_mut(idx), self.arch_id()) {
-                *entry = id;
-            }
+            topo.max_apic = topo.max_apic.max(id);
             topo.possible += 1;
             // Selecting a CPU that does not exist makes Command data read 0.
             self.select(topo.possible);
             if self.data() != topo.possible {
                 break;
             }
+            topo.truncated = topo.possible == MAX_COUNTED;
         }
         self.select(0);
         self.command(CMD_GET_NEXT_EVENT);

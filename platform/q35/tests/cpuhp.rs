@@ -4,8 +4,8 @@
 
 use q35::cpuhp::{
     CpuHp, CpuHpError, CpuTopology, BASE, CMD_GET_ARCH_ID, CMD_GET_NEXT_EVENT, CTL_CLEAR_INSERT,
-    CTL_CLEAR_REMOVE, CTL_EJECT, CTL_SET_FW_REMOVE, MAX_POSSIBLE, OFF_COMMAND, OFF_STATUS,
-    STS_ENABLED, STS_FW_REMOVE, STS_INSERT, STS_REMOVE,
+    CTL_CLEAR_REMOVE, CTL_EJECT, CTL_SET_FW_REMOVE, MAX_COUNTED, MAX_POSSIBLE, OFF_COMMAND,
+    OFF_STATUS, STS_ENABLED, STS_FW_REMOVE, STS_INSERT, STS_REMOVE,
 };
 use q35::fw_cfg::{FwCfg, KEY_NB_CPUS};
 use q35::PortIo;
@@ -18,11 +18,11 @@ fn boot_count(sim: &Q35Sim) -> Result<CpuTopology, CpuHpError> {
 }
 
 fn present_mask(t: &CpuTopology) -> Vec<bool> {
-    t.present_mask[..t.possible as usize].to_vec()
+    t.present_mask[..t.recorded() as usize].to_vec()
 }
 
 fn apic_ids(t: &CpuTopology) -> Vec<u32> {
-    t.apic_ids[..t.possible as usize].to_vec()
+    t.apic_ids[..t.recorded() as usize].to_vec()
 }
 
 fn modern(sim: &Q35Sim) -> CpuHp<'_, Q35Sim> {
@@ -109,14 +109,62 @@ fn count_marks_an_arch_id_above_32_bits_as_unusable() {
 }
 
 #[test]
-fn count_handles_exactly_max_possible_cpus_and_refuses_more() {
+fn count_handles_exactly_max_possible_cpus() {
     let ids: Vec<u64> = (0..MAX_POSSIBLE as u64).collect();
     let sim = Q35Sim::builder().cpus(&ids, &[0]).build();
-    assert_eq!(boot_count(&sim).unwrap().possible as usize, MAX_POSSIBLE);
+    let t = boot_count(&sim).unwrap();
+    assert_eq!(t.possible as usize, MAX_POSSIBLE);
+    assert_eq!(t.recorded() as usize, MAX_POSSIBLE);
+    assert_eq!(t.max_apic_id(), MAX_POSSIBLE as u32 - 1);
+    assert!(!t.truncated);
+}
 
-    let ids: Vec<u64> = (0..=MAX_POSSIBLE as u64).collect();
+/// More than 256 possible CPUs (QEMU 10.0.2: `-smp 2,maxcpus=300`): every one is counted,
+/// the first 256 are recorded, and the largest APIC ID counts the unrecorded ones too, so
+/// the feature policy sees both why hotplug cannot be offered.
+#[test]
+fn count_goes_on_past_the_recorded_cpus() {
+    let ids: Vec<u64> = (0..300).collect();
+    let sim = Q35Sim::builder().cpus(&ids, &[0, 1]).build();
+    let t = boot_count(&sim).unwrap();
+    assert_eq!((t.present, t.possible), (2, 300));
+    assert_eq!(t.recorded() as usize, MAX_POSSIBLE);
+    assert_eq!(apic_ids(&t)[..3], [0, 1, 2]);
+    assert_eq!(t.apic_id(255), Some(255));
+    assert_eq!(t.apic_id(256), None, "past the recorded selectors");
+    assert_eq!(t.max_apic_id(), 299);
+    assert_eq!(t.present_unrecorded, 0);
+    assert!(!t.truncated);
+    // The count leaves selector 0 and command 0 behind, as with fewer CPUs.
+    let hp = CpuHp::new(&sim);
+    assert_eq!(hp.data(), 0);
+    assert_eq!(hp.status(), STS_ENABLED);
+}
+
+#[test]
+fn count_reports_present_cpus_past_the_recorded_ones() {
+    let ids: Vec<u64> = (0..300).collect();
+    let sim = Q35Sim::builder().cpus(&ids, &[0, 290]).build();
+    let t = boot_count(&sim).unwrap();
+    assert_eq!((t.present, t.possible), (2, 300));
+    assert_eq!(t.present_unrecorded, 1);
+    assert_eq!(present_mask(&t).iter().filter(|&&p| p).count(), 1);
+}
+
+#[test]
+fn count_stops_at_max_counted_and_says_so() {
+    let ids: Vec<u64> = (0..MAX_COUNTED as u64 + 5).collect();
     let sim = Q35Sim::builder().cpus(&ids, &[0]).build();
-    assert_eq!(boot_count(&sim).err(), Some(CpuHpError::TooManyPossible));
+    let t = boot_count(&sim).unwrap();
+    assert_eq!(t.possible, MAX_COUNTED);
+    assert!(t.truncated);
+    assert_eq!(t.max_apic_id(), MAX_COUNTED - 1);
+
+    let ids: Vec<u64> = (0..MAX_COUNTED as u64).collect();
+    let sim = Q35Sim::builder().cpus(&ids, &[0]).build();
+    let t = boot_count(&sim).unwrap();
+    assert_eq!(t.possible, MAX_COUNTED);
+    assert!(!t.truncated, "exactly MAX_COUNTED is a complete count");
 }
 
 #[test]

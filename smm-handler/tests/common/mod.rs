@@ -286,6 +286,10 @@ pub struct Machine {
     pen_faked: Cell<bool>,
     pub st: RefCell<WinState>,
     logs: RefCell<Vec<(Level, String)>>,
+    /// The APIC ID of the CPU running the handler (the monarch); the boot CPU's by default.
+    pub monarch_apic: Cell<u32>,
+    /// SMBASEs whose save state the handler zeroed, in order.
+    pub zeroed_save_states: RefCell<Vec<u32>>,
 }
 
 impl Machine {
@@ -331,6 +335,8 @@ impl Machine {
                 rsm_checks: 0,
             }),
             logs: RefCell::new(Vec::new()),
+            monarch_apic: Cell::new(u32::try_from(arch_ids[boot[0]]).unwrap_or(0)),
+            zeroed_save_states: RefCell::new(Vec::new()),
         };
         for (n, &sel) in boot.iter().enumerate() {
             let apic = arch_ids[sel] as u32;
@@ -387,7 +393,12 @@ impl Machine {
     /// A simulated CPU for `selector` without touching the register block.
     pub fn add_cpu(&self, selector: usize, behaviour: Behaviour) {
         let apic = self.arch_ids[selector] as u32;
-        self.st.borrow_mut().cpus.push(SimCpu {
+        let mut st = self.st.borrow_mut();
+        // A CPU plugged at this selector before was ejected (QEMU destroyed it).
+        for old in st.cpus.iter_mut().filter(|c| c.selector == selector) {
+            old.state = CpuState::Gone;
+        }
+        st.cpus.push(SimCpu {
             apic,
             selector,
             behaviour,
@@ -660,9 +671,12 @@ impl Machine {
         if self.gate() != GATE_CLOSED {
             bad.push(format!("gate left open: {:#x}", self.gate()));
         }
-        // Every CPU that left SMM at a non-default SMBASE got it from a slot that names it.
+        // Every CPU that left SMM at a non-default SMBASE got it from a slot that names it
+        // (an ejected CPU no longer exists, and its slot may have been forgotten).
         for c in self.st.borrow().cpus.iter() {
-            if c.smbase != DEFAULT_SMBASE {
+            let ejected = c.state == CpuState::Gone
+                || !self.sim().cpu_slot(c.selector).is_some_and(|s| s.present);
+            if c.smbase != DEFAULT_SMBASE && !ejected {
                 let n = self.slot_with_smbase(c.smbase);
                 match n {
                     Some(n)
@@ -868,6 +882,14 @@ impl Host for Machine {
 
     fn window(&self) -> &dyn Window {
         self
+    }
+
+    fn current_apic(&self) -> u32 {
+        self.monarch_apic.get()
+    }
+
+    fn zero_save_state(&self, smbase: u32) {
+        self.zeroed_save_states.borrow_mut().push(smbase);
     }
 }
 

@@ -2,7 +2,7 @@
 //! CPUs over QMP `device_add`, and print the console as it goes.
 //! Usage: hotplug-demo [N (default 2)] [-smp value (default 1,maxcpus=4)]
 
-use qemu_tests::{Vm, VmConfig, EXIT_PASS};
+use qemu_tests::{complete_lines, Vm, VmConfig, EXIT_PASS};
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -21,7 +21,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = vm.wait_for("payload: ready for hotplug", t) {
+    if let Err(e) = vm.wait_for_line("payload: ready for hotplug", t) {
         eprintln!("hotplug-demo: {e}");
         std::process::exit(1);
     }
@@ -36,11 +36,16 @@ fn main() {
         }
     }
     let end = Instant::now() + t;
-    while !vm.output().contains("RESULT:") && Instant::now() < end {
+    // Until the whole RESULT line is on the console (never a prefix still being written).
+    loop {
         std::thread::sleep(Duration::from_millis(20));
         let out = vm.output();
-        print!("{}", &out[shown..]);
+        print!("{}", &out[shown.min(out.len())..]);
         shown = out.len();
+        let done = complete_lines(&out, false).any(|l| l.starts_with("RESULT:"));
+        if done || Instant::now() >= end {
+            break;
+        }
     }
     let o = vm.wait_exit(Duration::from_secs(10));
     print!("{}", &o.output[shown.min(o.output.len())..]);

@@ -141,6 +141,14 @@ impl Host for Coreboot<'_> {
     fn window(&self) -> &dyn Window {
         &FixedWindow
     }
+    fn current_apic(&self) -> u32 {
+        q35::lapic::cpuid_apic_id()
+    }
+    fn zero_save_state(&self, smbase: u32) {
+        // SAFETY: the handler passes the SMBASE of one of this host's slots in SMRAM,
+        // whose CPU was ejected or is gone.
+        unsafe { smm_handler::first_smi::zero_save_state(smbase) }
+    }
 }
 
 /// Mark the slots coreboot's MP init filled (its routing table) ACTIVE, once.
@@ -180,15 +188,26 @@ pub unsafe extern "C" fn rust_cpu_hotplug_apmc(env: *const Env) {
     entry::dispatch(&cb, entry::APMC_CPU_HOTPLUG);
 }
 
+/// `diag_query` value of [`rust_cpu_hotplug_smi_entry`] that turns the diagnostic query on
+/// (`RUST_CPU_HOTPLUG_DIAG_QUERY_ON` in C, passed with `CONFIG_CPU_HOTPLUG_RUST_DIAG_QUERY`;
+/// "DIAG"). Any other value, including whatever an older C glue leaves in the register,
+/// keeps it off.
+pub const DIAG_QUERY_ON: u32 = 0x4449_4147;
+
 /// Called by every CPU at SMI entry, before coreboot's SMI lock, with its slot and that
 /// slot's SMBASE. Returns non-zero when the CPU is being relocated and must leave SMM at
-/// once (R12). Otherwise answers the read-only diagnostic query in this CPU's own save
-/// state (see `smm_handler::diag`).
+/// once (R12); never returns for a CPU that is to be ejected (it parks inside SMM).
+/// Otherwise, when `diag_query` is [`DIAG_QUERY_ON`], answers the read-only
+/// diagnostic query in this CPU's own save state (see `smm_handler::diag`).
 #[no_mangle]
-pub extern "C" fn rust_cpu_hotplug_smi_entry(cpu: u32, smbase: u32) -> i32 {
-    i32::from(
-        ENTRIES.begin(&HwPorts, &SLOTS, cpu, smbase) == Entry::Leave && (cpu as usize) < MAX_SLOTS,
-    )
+pub extern "C" fn rust_cpu_hotplug_smi_entry(cpu: u32, smbase: u32, diag_query: u32) -> i32 {
+    let diag = diag_query == DIAG_QUERY_ON;
+    match ENTRIES.begin(&HwPorts, &SLOTS, cpu, smbase, diag) {
+        // To be ejected: halt here, before coreboot's SMI lock (R14).
+        Entry::Park => entry::halt_forever(),
+        Entry::Leave => i32::from((cpu as usize) < MAX_SLOTS),
+        Entry::Continue { .. } => 0,
+    }
 }
 
 smm_handler::smm_panic_handler!();

@@ -110,6 +110,13 @@ pub extern "C" fn rust_cpu_hotplug_pre_mp_init(max_cpus: u32, console: ConsoleFn
         window_line,
         &[topo.present.into(), topo.possible.into()],
     );
+    if topo.truncated {
+        c.line(
+            Level::Warn,
+            "more than {} possible CPUs; counted the first {}",
+            &[topo.possible.into(), topo.possible.into()],
+        );
+    }
     let slot_limit = max_cpus.min(MAX_SLOTS as u32);
     let policy = arming::feature_policy(
         st.default_window,

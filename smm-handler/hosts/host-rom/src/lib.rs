@@ -5,6 +5,10 @@
 //! console, and its own SMI lock (coreboot brings its own). Everything else is
 //! `smm_handler::entry`.
 //!
+//! The diagnostic query is answered only while the parameter block's boot-phase flag is
+//! set (the boot code's slot check), or always when built with the `diag-query` feature
+//! (the test image's module, `build/host-rom-smm-diag.elf`).
+//!
 //! SMM rules: no panics, no `core::fmt`, no floats, bounded loops; checked on the built
 //! object by `fwtool check-smm` (tests/tests/smm_object.rs).
 #![no_std]
@@ -14,12 +18,12 @@ use core::ptr::addr_of;
 use q35::io::HwPorts;
 use q35::serial::{Serial, COM1};
 use smm_handler::boot_info::{SmmParams, PARAMS_MAGIC};
-use smm_handler::entry::{self, Entry, SmiEntries, SmiLock};
+use smm_handler::entry::{self, Entry, Locked, SmiEntries, SmiLock};
 use smm_handler::first_smi::{FixedWindow, Window};
 use smm_handler::host::{Host, HostData};
 use smm_handler::layout::tseg;
 use smm_handler::log::{Console, Level};
-use smm_handler::{hotplug, smm_log};
+use smm_handler::{eject, hotplug, smm_log};
 
 extern crate fw_rt;
 
@@ -79,6 +83,14 @@ impl Host for HostRom {
     fn window(&self) -> &dyn Window {
         &FixedWindow
     }
+    fn current_apic(&self) -> u32 {
+        q35::lapic::cpuid_apic_id()
+    }
+    fn zero_save_state(&self, smbase: u32) {
+        // SAFETY: the handler passes the SMBASE of one of this host's slots in SMRAM,
+        // whose CPU was ejected or is gone.
+        unsafe { smm_handler::first_smi::zero_save_state(smbase) }
+    }
     fn still_monarch(&self) -> bool {
         LOCK.still_owned_by(self.1, self.now_us())
     }
@@ -95,21 +107,46 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
         return;
     };
     let host = HostRom(p, slot);
+    // The host allows the diagnostic query only during its boot phase (the boot code
+    // checks every CPU's slot with it, then clears the flag before the locks).
+    // SAFETY: a plain aligned u32 of the parameter block in SMRAM, written only by the
+    // boot code before SMRAM was locked.
+    let boot_phase = unsafe { core::ptr::read_volatile(addr_of!(p.boot_phase)) } != 0;
     // Only APMC 4 has handlers; other SMIs (diagnostic queries, OS SMI IPIs) never touch
     // the lock.
-    if let Entry::Continue { apmc } = ENTRIES.begin(&HwPorts, &p.slots, slot, smbase) {
-        if apmc == entry::APMC_CPU_HOTPLUG {
-            LOCK.run(&host, slot, |recovered| {
-                if recovered {
-                    hotplug::recover_lost_monarch(&host);
-                }
-                entry::dispatch(&host, apmc);
-            });
-        }
+    match ENTRIES.begin(&HwPorts, &p.slots, slot, smbase, boot_phase) {
+        Entry::Park => entry::halt_forever(),
+        Entry::Continue { apmc } if apmc == entry::APMC_CPU_HOTPLUG => hot_plug(&host, slot),
+        Entry::Continue { .. } | Entry::Leave => {}
     }
     // SAFETY: the slot's own stack bottom in TSEG, from the SMRAM parameter block.
     if !unsafe { entry::canary_intact(tseg::slot_stack(p.tseg_base, slot)) } {
         smm_log!(host, Error, "stack overflow on slot {}", slot);
+        entry::halt_forever();
+    }
+}
+
+/// APMC 4 on the CPU at `slot`: lead or wait under the SMI lock. A waiter runs the
+/// service once more when the monarch left an eject for another CPU (it was the target
+/// itself); a CPU to be ejected parks (`smm_handler::eject`).
+fn hot_plug(host: &HostRom, slot: u32) {
+    let service = |recovered: bool| {
+        if recovered {
+            hotplug::recover_lost_monarch(host);
+        }
+        entry::dispatch(host, entry::APMC_CPU_HOTPLUG);
+    };
+    match LOCK.run(host, slot, service) {
+        Locked::Park => entry::halt_forever(),
+        Locked::Done if eject::pending(host) => {
+            if LOCK.run(host, slot, service) == Locked::Park {
+                entry::halt_forever();
+            }
+        }
+        Locked::Led | Locked::Done | Locked::GaveUp => {}
+    }
+    // The monarch itself was a target: it parks now that the lock is free.
+    if entry::park_if_removing(&host.0.slots, slot) {
         entry::halt_forever();
     }
 }

@@ -1,0 +1,50 @@
+//! More possible CPUs than the handler can serve (QEMU 10.0.2 accepts `-smp
+//! 1,maxcpus=4096` under TCG): the boot-time decision both hosts make (the host ROM's
+//! `count_cpus`/`negotiate`, coreboot's `rust_cpu_hotplug_pre_mp_init`) counts every
+//! possible CPU, refuses CPU hotplug with a reason for each failed precondition, and
+//! negotiates broadcast only, which QEMU then locks.
+
+use q35::cpuhp::CpuHp;
+use q35::fw_cfg::{negotiate_smi_features, FwCfg, Negotiation, SMI_FEATURE_BROADCAST};
+use q35_sim::Q35Sim;
+use smm_handler::arming::{feature_policy, Refusal};
+use smm_handler::slots::MAX_SLOTS;
+
+#[test]
+fn three_hundred_possible_cpus_boot_with_broadcast_only_and_say_why() {
+    let ids: Vec<u64> = (0..300).collect();
+    let sim = Q35Sim::builder().cpus(&ids, &[0]).build();
+    let hp = CpuHp::new(&sim);
+    hp.switch_to_modern().unwrap();
+    let topo = hp.count().expect("the count does not stop the boot");
+    assert_eq!((topo.present, topo.possible), (1, 300));
+
+    let policy = feature_policy(true, topo.possible, MAX_SLOTS as u32, topo.max_apic_id());
+    assert_eq!(policy.wanted, SMI_FEATURE_BROADCAST);
+    assert_eq!(
+        policy.refusals.as_slice(),
+        [
+            Refusal::TooManyPossible {
+                possible: 300,
+                slots: MAX_SLOTS as u32
+            },
+            Refusal::ApicIdTooLarge { max: 299 },
+        ]
+    );
+    let (t, args) = policy.refusals[0].template();
+    assert_eq!(
+        t,
+        "{} possible CPUs exceed {} SMM slots: CPU hotplug not offered"
+    );
+    assert_eq!(args, [300, MAX_SLOTS as u64]);
+
+    let cfg = FwCfg::detect(&sim).unwrap();
+    assert_eq!(
+        negotiate_smi_features(&cfg, policy.wanted),
+        Ok(Negotiation::Granted {
+            supported: 7,
+            requested: SMI_FEATURE_BROADCAST
+        })
+    );
+    assert_eq!(sim.negotiated_smi_features(), Some(SMI_FEATURE_BROADCAST));
+}
