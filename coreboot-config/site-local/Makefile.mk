@@ -19,8 +19,9 @@ $(cpu-hotplug-rust-obj):
 
 ramstage-y += cpu-hotplug/ramstage.c
 smm-y += cpu-hotplug/smm.c
+# One source per stage: objects of sources outside src/ do not get a per-stage path.
 ramstage-y += cpu-hotplug/bcmp.c
-smm-y += cpu-hotplug/bcmp.c
+smm-y += cpu-hotplug/bcmp_smm.c
 ramstage-srcs += $(cpu-hotplug-rust-lib)
 smm-srcs += $(cpu-hotplug-rust-lib)
 

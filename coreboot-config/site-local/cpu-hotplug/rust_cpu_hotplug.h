@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define APM_CNT_CPU_HOTPLUG 0x04
-#define RUST_CPU_HOTPLUG_ENV_VERSION 3
+#define RUST_CPU_HOTPLUG_ENV_VERSION 4
 /* diag_query of rust_cpu_hotplug_smi_entry() that answers the diagnostic query ("DIAG"). */
 #define RUST_CPU_HOTPLUG_DIAG_QUERY_ON 0x44494147
 
@@ -20,22 +20,26 @@
 #define RUST_LOG_DEBUG 4
 
 typedef void (*rust_console_write_fn)(uint32_t level, const uint8_t *buf, size_t len);
+typedef int (*rust_lock_owner_fn)(void);
 
 /* Mirrors coreboot_smm::Env, whose size and offsets are asserted on the Rust side too. */
 struct rust_cpu_hotplug_env {
 	uint32_t version;
 	uint32_t slot_count;
 	uint32_t log_level;
-	uint32_t pad;
+	uint32_t cpu;			/* the CPU holding the SMI lock (the caller) */
 	const uint32_t *slot_smbase;
 	rust_console_write_fn console_write;
+	rust_lock_owner_fn lock_owner;	/* smm_lock_owner() (patch 0005) */
 };
 
-_Static_assert(sizeof(struct rust_cpu_hotplug_env) == 32, "rust_cpu_hotplug_env size");
+_Static_assert(sizeof(struct rust_cpu_hotplug_env) == 40, "rust_cpu_hotplug_env size");
 _Static_assert(offsetof(struct rust_cpu_hotplug_env, slot_count) == 4, "slot_count offset");
 _Static_assert(offsetof(struct rust_cpu_hotplug_env, log_level) == 8, "log_level offset");
+_Static_assert(offsetof(struct rust_cpu_hotplug_env, cpu) == 12, "cpu offset");
 _Static_assert(offsetof(struct rust_cpu_hotplug_env, slot_smbase) == 16, "slot_smbase offset");
 _Static_assert(offsetof(struct rust_cpu_hotplug_env, console_write) == 24, "console_write offset");
+_Static_assert(offsetof(struct rust_cpu_hotplug_env, lock_owner) == 32, "lock_owner offset");
 
 /* coreboot's printk level for a Rust log level. */
 static inline int rust_cpu_hotplug_bios_level(uint32_t level)
@@ -70,5 +74,8 @@ void rust_cpu_hotplug_reserved_range(uint32_t *base, uint32_t *size);
 /* Rust, smm */
 void rust_cpu_hotplug_apmc(const struct rust_cpu_hotplug_env *env);
 int rust_cpu_hotplug_smi_entry(uint32_t cpu, uint32_t smbase, uint32_t diag_query);
+/* smm_lock_wait() and smm_lock_recovered() of patch 0005 */
+int rust_cpu_hotplug_lock_wait(int owner, int cpu, unsigned long spins);
+void rust_cpu_hotplug_lock_recovered(const struct rust_cpu_hotplug_env *env, int previous_owner);
 
 #endif

@@ -4,6 +4,9 @@
  * northbridge_smi_handler() hook (run by the CPU holding the SMI lock), and every CPU
  * asks smm_cpu_must_return_early() before taking the lock; there, with
  * CPU_HOTPLUG_RUST_DIAG_QUERY, the Rust side also answers the diagnostic query.
+ * The SMI lock hooks of patch 0005 go to Rust too: a waiter takes the lock over from an
+ * owner that stopped reporting progress (INIT'd in SMM, ejected) or gives up after a
+ * bound, and the new owner finishes the interrupted relocation before the handlers.
  */
 
 #include <console/console.h>
@@ -35,23 +38,46 @@ int smm_cpu_must_return_early(int cpu)
 	return rust_cpu_hotplug_smi_entry(cpu, slot_smbase_of(cpu), diag_query);
 }
 
-void northbridge_smi_handler(void)
+/* Called on the CPU holding the SMI lock. */
+static void fill_env(struct rust_cpu_hotplug_env *env)
 {
-	if (apm_get_apmc() != APM_CNT_CPU_HOTPLUG)
-		return;
-
 	uint32_t n = 0;
 	while (n < CONFIG_MAX_CPUS && slot_smbase_of(n)) {
 		slot_smbase[n] = slot_smbase_of(n);
 		n++;
 	}
 
-	const struct rust_cpu_hotplug_env env = {
+	*env = (struct rust_cpu_hotplug_env){
 		.version = RUST_CPU_HOTPLUG_ENV_VERSION,
 		.slot_count = n,
 		.log_level = RUST_LOG_INFO,
+		.cpu = smm_lock_owner(),
 		.slot_smbase = slot_smbase,
 		.console_write = console_write,
+		.lock_owner = smm_lock_owner,
 	};
+}
+
+int smm_lock_wait(int owner_cpu, int cpu, unsigned long spins)
+{
+	return rust_cpu_hotplug_lock_wait(owner_cpu, cpu, spins);
+}
+
+void smm_lock_recovered(int previous_owner)
+{
+	struct rust_cpu_hotplug_env env;
+
+	fill_env(&env);
+	rust_cpu_hotplug_lock_recovered(&env, previous_owner);
+}
+
+void northbridge_smi_handler(void)
+{
+	struct rust_cpu_hotplug_env env;
+
+	if (apm_get_apmc() != APM_CNT_CPU_HOTPLUG)
+		return;
+
+	fill_env(&env);
 	rust_cpu_hotplug_apmc(&env);
 }

@@ -10,6 +10,13 @@
 //! its routing table. coreboot provides memcpy and friends, its SMI lock and the stack
 //! canary check.
 //!
+//! coreboot's SMI lock (patch 0005 in coreboot-config) records its owner and asks the
+//! platform on each spin of a waiter: [`rust_cpu_hotplug_lock_wait`] decides from the
+//! monarch's [`Heartbeat`] (beaten on each poll of its waits, [`Host::still_monarch`]) when
+//! the owner is gone and a waiter takes over, and bounds every wait. The CPU that took the
+//! lock over (or found its own run cut short) calls [`rust_cpu_hotplug_lock_recovered`]
+//! before the handlers, which finishes the interrupted relocation.
+//!
 //! SMM rules: no panics, no `core::fmt`, no floats, bounded loops; checked on the built
 //! object by `fwtool check-smm` (tests/tests/smm_object.rs).
 #![no_std]
@@ -17,22 +24,26 @@
 pub mod ramstage;
 
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 use q35::io::HwPorts;
 use smm_handler::boot_info::BootInfo;
-use smm_handler::entry::{self, Entry, SmiEntries};
+use smm_handler::entry::{self, Entry, Heartbeat, SmiEntries};
 use smm_handler::first_smi::{FixedWindow, Window};
 use smm_handler::host::{Host, HostData, NO_ROUTE};
 use smm_handler::layout::window;
 use smm_handler::log::{Console, Level};
 use smm_handler::slots::{self, Slots, MAX_SLOTS};
+use smm_handler::smm_log;
 
 /// [`Env::version`] this object understands (`RUST_CPU_HOTPLUG_ENV_VERSION` in C).
-pub const ENV_VERSION: u32 = 3;
+pub const ENV_VERSION: u32 = 4;
 
 /// A console write function of the C glue (coreboot's printk with a level).
 pub type ConsoleFn = Option<extern "C" fn(level: u32, buf: *const u8, len: usize)>;
+
+/// coreboot's `smm_lock_owner()`: the CPU holding the SMI lock, -1 when it is free.
+pub type LockOwnerFn = Option<extern "C" fn() -> i32>;
 
 /// Mirrors `struct rust_cpu_hotplug_env` in coreboot-config's `rust_cpu_hotplug.h`
 /// (sizes and offsets asserted on both sides): what only coreboot's SMM module knows,
@@ -45,15 +56,18 @@ pub struct Env {
     pub slot_count: u32,
     /// Lines above this level (`smm_handler::log::Level as u32`) are dropped.
     pub log_level: u32,
-    /// Reserved.
-    pub _pad: u32,
+    /// coreboot's number of the CPU that holds the SMI lock and runs this call.
+    pub cpu: u32,
     /// `[slot_count]` SMBASE per slot (from `smm_get_save_state()`).
     pub slot_smbase: *const u32,
     /// Where log lines go.
     pub console_write: ConsoleFn,
+    /// The SMI lock's owner now ([`Host::still_monarch`]); NULL: always this CPU.
+    pub lock_owner: LockOwnerFn,
 }
 
-const _: () = assert!(size_of::<Env>() == 32);
+const _: () = assert!(size_of::<Env>() == 40);
+const _: () = assert!(offset_of!(Env, cpu) == 12 && offset_of!(Env, lock_owner) == 32);
 const _: () = assert!(offset_of!(Env, slot_count) == 4 && offset_of!(Env, log_level) == 8);
 const _: () = assert!(offset_of!(Env, slot_smbase) == 16 && offset_of!(Env, console_write) == 24);
 
@@ -61,6 +75,35 @@ const _: () = assert!(offset_of!(Env, slot_smbase) == 16 && offset_of!(Env, cons
 static SLOTS: Slots = Slots::new();
 static SEEDED: AtomicBool = AtomicBool::new(false);
 static ENTRIES: SmiEntries = SmiEntries::new();
+
+/// The monarch's last progress report (µs by TSC), for the waiters of coreboot's SMI lock.
+static HEARTBEAT: Heartbeat = Heartbeat::new();
+/// Whether [`HEARTBEAT`] was ever beaten (before that, only a waiter's own wait counts).
+static BEATEN: AtomicBool = AtomicBool::new(false);
+/// Per waiting CPU: the owner it waits for (+ 1) and since when (µs). A new owner gets a
+/// full [`entry::LOCK_STALE_US`] before it can be judged gone.
+static WAIT_OWNER: [AtomicU32; MAX_SLOTS] = [const { AtomicU32::new(0) }; MAX_SLOTS];
+static WAIT_START: [AtomicU64; MAX_SLOTS] = [const { AtomicU64::new(0) }; MAX_SLOTS];
+/// Per waiting CPU: when its current wait for the lock began (µs), for the overall bound.
+static WAIT_TOTAL_START: [AtomicU64; MAX_SLOTS] = [const { AtomicU64::new(0) }; MAX_SLOTS];
+
+/// [`rust_cpu_hotplug_lock_wait`]'s answers (`enum smm_lock_wait_action` of patch 0005).
+pub const LOCK_WAIT: i32 = 0;
+/// The owner is gone: take the lock over and run the handlers (recovery first).
+pub const LOCK_TAKE_OVER: i32 = 1;
+/// The wait hit its bound: leave SMM without running the handlers.
+pub const LOCK_GIVE_UP: i32 = 2;
+
+fn beat(now_us: u64) {
+    HEARTBEAT.beat(now_us);
+    BEATEN.store(true, Ordering::SeqCst);
+}
+
+fn tsc_us(boot: &BootInfo) -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    let t = unsafe { core::arch::x86_64::_rdtsc() };
+    t / boot.tsc_per_us.max(1)
+}
 
 /// A console that forwards to the C glue (coreboot's printk).
 pub(crate) struct CConsole(pub ConsoleFn, pub Level);
@@ -126,9 +169,7 @@ impl Host for Coreboot<'_> {
         }
     }
     fn now_us(&self) -> u64 {
-        // SAFETY: RDTSC has no side effects.
-        let t = unsafe { core::arch::x86_64::_rdtsc() };
-        t / self.boot.tsc_per_us.max(1)
+        tsc_us(self.boot)
     }
     fn log(&self, level: Level, template: &str, args: &[u64]) {
         if level as u32 <= self.env.log_level {
@@ -148,6 +189,14 @@ impl Host for Coreboot<'_> {
         // SAFETY: the handler passes the SMBASE of one of this host's slots in SMRAM,
         // whose CPU was ejected or is gone.
         unsafe { smm_handler::first_smi::zero_save_state(smbase) }
+    }
+    fn still_monarch(&self) -> bool {
+        let owner = self.env.lock_owner.map_or(self.env.cpu as i32, |f| f());
+        if owner != self.env.cpu as i32 {
+            return false;
+        }
+        beat(self.now_us());
+        true
     }
 }
 
@@ -184,8 +233,97 @@ pub unsafe extern "C" fn rust_cpu_hotplug_apmc(env: *const Env) {
         return;
     };
     let cb = Coreboot::new(env, boot);
+    // Report progress at once: the waiters judge this CPU by its heartbeat.
+    if !cb.still_monarch() {
+        return;
+    }
     seed(&cb);
     entry::dispatch(&cb, entry::APMC_CPU_HOTPLUG);
+}
+
+/// coreboot's `smm_lock_wait()`: asked on each spin by CPU `cpu` while CPU `owner` holds
+/// the SMI lock (`spins` counts from 0). Returns [`LOCK_TAKE_OVER`] when the owner made no
+/// progress for [`entry::LOCK_STALE_US`] (by its heartbeat, and this CPU waited that long
+/// for it: INIT'd in SMM and never back, ejected, stalled), [`LOCK_GIVE_UP`] after
+/// [`entry::LOCK_WAIT_US`] (or [`entry::LOCK_WAIT_SPINS`] without a TSC rate), else
+/// [`LOCK_WAIT`]. A waiter that the monarch is to eject parks here for good.
+#[no_mangle]
+pub extern "C" fn rust_cpu_hotplug_lock_wait(owner: i32, cpu: i32, spins: u64) -> i32 {
+    if let Ok(slot) = u32::try_from(cpu) {
+        if entry::park_if_removing(&SLOTS, slot) {
+            entry::halt_forever();
+        }
+    }
+    let c = usize::try_from(cpu).unwrap_or(usize::MAX);
+    let (Some(boot), Some(seen), Some(since), Some(began)) = (
+        boot_info(),
+        WAIT_OWNER.get(c),
+        WAIT_START.get(c),
+        WAIT_TOTAL_START.get(c),
+    ) else {
+        return if spins >= entry::LOCK_WAIT_SPINS {
+            LOCK_GIVE_UP
+        } else {
+            LOCK_WAIT
+        };
+    };
+    let now = tsc_us(boot);
+    let owner_tag = (owner as u32).wrapping_add(1);
+    if spins == 0 {
+        began.store(now, Ordering::Relaxed);
+    }
+    if spins == 0 || seen.load(Ordering::Relaxed) != owner_tag {
+        seen.store(owner_tag, Ordering::Relaxed);
+        since.store(now, Ordering::Relaxed);
+    }
+    let stalled = now.saturating_sub(since.load(Ordering::Relaxed)) >= entry::LOCK_STALE_US;
+    if stalled && (!BEATEN.load(Ordering::SeqCst) || HEARTBEAT.is_stale(now)) {
+        return LOCK_TAKE_OVER;
+    }
+    let waited = now.saturating_sub(began.load(Ordering::Relaxed));
+    if waited >= entry::LOCK_WAIT_US || spins >= entry::LOCK_WAIT_SPINS {
+        return LOCK_GIVE_UP;
+    }
+    LOCK_WAIT
+}
+
+/// coreboot's `smm_lock_recovered()`: the CPU in `env` now holds the SMI lock, taken over
+/// from `previous_owner` (or its own earlier run, cut short, when that is `env.cpu`).
+/// Finishes the relocation the lost monarch left in flight, before the handlers run.
+///
+/// # Safety
+/// As [`rust_cpu_hotplug_apmc`].
+#[no_mangle]
+pub unsafe extern "C" fn rust_cpu_hotplug_lock_recovered(env: *const Env, previous_owner: i32) {
+    // SAFETY: coreboot passes a pointer to a struct in its SMM module (SMRAM) or NULL.
+    let Some(env) = (unsafe { env.as_ref() }).filter(|e| e.version == ENV_VERSION) else {
+        return;
+    };
+    let Some(boot) = boot_info() else {
+        return;
+    };
+    let cb = Coreboot::new(env, boot);
+    if !cb.still_monarch() {
+        return;
+    }
+    seed(&cb);
+    if previous_owner == env.cpu as i32 {
+        smm_log!(
+            cb,
+            Warn,
+            "SMI lock of CPU {} left by a CPU reset inside SMM: recovered",
+            env.cpu
+        );
+    } else {
+        smm_log!(
+            cb,
+            Warn,
+            "SMI lock: CPU {} made no progress; CPU {} takes over and recovers",
+            previous_owner as u32,
+            env.cpu
+        );
+    }
+    smm_handler::hotplug::recover_lost_monarch(&cb);
 }
 
 /// `diag_query` value of [`rust_cpu_hotplug_smi_entry`] that turns the diagnostic query on
