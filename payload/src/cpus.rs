@@ -8,7 +8,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crate::cbtables::Tables;
 use crate::entry::{self, MAX_CPUS};
 use crate::{println, Report};
-use q35::cpuhp::CpuHp;
+use q35::cpuhp::{CpuHp, CpuTopology};
 use q35::io::HwPorts;
 use q35::lapic;
 use q35::pmtimer::PmTimer;
@@ -60,6 +60,8 @@ pub fn ap_main(index: u32) -> ! {
         me.done.store(1, Ordering::SeqCst);
         STARTED.fetch_add(1, Ordering::SeqCst);
     }
+    // Hot-remove: the AP says it halts for good (an OS's "offline"), or keeps running.
+    crate::unplug::ap_idle(index);
     loop {
         x86_64::instructions::interrupts::disable();
         x86_64::instructions::hlt();
@@ -129,10 +131,29 @@ pub(crate) fn find_ap(apic: u32) -> Option<&'static Ap> {
         .find(|a| a.done.load(Ordering::SeqCst) == 1 && a.apic.load(Ordering::SeqCst) == apic)
 }
 
+/// The CPU hotplug register block and the topology it reports; when it cannot be read,
+/// check `name` fails with the reason and the caller gives up its phase.
+pub(crate) fn register_block(
+    r: &mut Report,
+    name: &'static str,
+) -> Option<(CpuHp<'static, HwPorts>, CpuTopology)> {
+    let hp = CpuHp::new(&HwPorts);
+    match hp.count() {
+        Ok(t) => Some((hp, t)),
+        Err(e) => {
+            r.check(
+                name,
+                false,
+                format_args!("CPU hotplug register block unreadable: {:?}", e),
+            );
+            None
+        }
+    }
+}
+
 /// Start every present AP, have every CPU take an SMI and check that each one has a slot
 /// and an SMBASE of its own (`docs/protocol.md#slots-and-routing`).
 pub fn check(r: &mut Report, t: &Tables) {
-    let ports = HwPorts;
     // The trampoline and scratch pages must be RAM the firmware gave us.
     if !pick_low_pages(t) {
         r.check(
@@ -147,13 +168,8 @@ pub fn check(r: &mut Report, t: &Tables) {
     // SAFETY: the page is usable RAM per the memory map and nothing else of ours uses it.
     unsafe { entry::install_ap_trampoline(tp) };
 
-    let hp = CpuHp::new(&ports);
-    let topo = match hp.count() {
-        Ok(t) => t,
-        Err(e) => {
-            r.check("cpu-count", false, format_args!("{:?}", e));
-            return;
-        }
+    let Some((_, topo)) = register_block(r, "cpu-count") else {
+        return;
     };
     println!(
         "payload: cpus present={} possible={}",

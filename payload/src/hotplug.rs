@@ -33,16 +33,6 @@ pub struct Plan {
     pub storm_two_cpus: bool,
 }
 
-/// The contents of fw_cfg file `name` as trimmed text, read into `buf`.
-fn file_str<'b>(cfg: &FwCfg<'_, HwPorts>, name: &str, buf: &'b mut [u8; 32]) -> Option<&'b str> {
-    let f = cfg.find_file(name)?;
-    let n = (f.size as usize).min(buf.len());
-    cfg.read_file(f, &mut buf[..n]).ok()?;
-    core::str::from_utf8(&buf[..n])
-        .ok()
-        .map(|s| s.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
-}
-
 impl Plan {
     /// Read the plan from fw_cfg; a missing file (or no fw_cfg) means "not asked for".
     pub fn read() -> Plan {
@@ -58,17 +48,17 @@ impl Plan {
             return p;
         };
         let mut b = [0u8; 32];
-        p.expect_cpus = file_str(&cfg, "opt/payload/hotplug", &mut b)
+        p.expect_cpus = crate::fw_cfg_text(&cfg, "opt/payload/hotplug", &mut b)
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         let mut b = [0u8; 32];
-        if let Some(v) = file_str(&cfg, "opt/payload/hotplug-variant", &mut b) {
+        if let Some(v) = crate::fw_cfg_text(&cfg, "opt/payload/hotplug-variant", &mut b) {
             p.early_init = v.contains("early-init");
             p.sipi_attack = v.contains("sipi-attack");
             p.attack = v.contains("attack");
         }
         let mut b = [0u8; 32];
-        if let Some(v) = file_str(&cfg, "opt/payload/apmc4-storm", &mut b) {
+        if let Some(v) = crate::fw_cfg_text(&cfg, "opt/payload/apmc4-storm", &mut b) {
             let (n, two) = match v.split_once(':') {
                 Some((n, w)) => (n, w == "2cpu"),
                 None => (v, false),
@@ -92,9 +82,20 @@ pub fn raise_apmc4() {
     };
 }
 
-/// One CSCN pass: the selectors and APIC IDs with an insert event. Eject requests are
-/// acknowledged (remove event cleared) but not acted on here.
-fn scan(hp: &CpuHp<'_, HwPorts>, possible: u32, out: &mut Batch) {
+/// What a `CSCN` pass found at one selector.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CpuEvent {
+    Insert,
+    Remove,
+}
+
+/// One `CSCN` pass as QEMU's AML makes it: from selector 0, "get next event" moves the
+/// selector to the next CPU with one; `found(selector, event)` runs with that CPU still
+/// selected, after a remove event was cleared (the AML clears it once it has notified the
+/// OS). The pass stops at a CPU with neither event, as the AML's does (a CPU whose
+/// `fw_remove` stays pending stops it: `docs/qemu.md#q-fw-remove-stall`). Bounded by
+/// `possible` steps.
+pub(crate) fn cscn(hp: &CpuHp<'_, HwPorts>, possible: u32, mut found: impl FnMut(u32, CpuEvent)) {
     let mut uid = 0u32;
     for _ in 0..possible {
         if uid >= possible {
@@ -109,15 +110,25 @@ fn scan(hp: &CpuHp<'_, HwPorts>, possible: u32, out: &mut Batch) {
         uid = d;
         let st = hp.status();
         if st & cpuhp::STS_INSERT != 0 {
-            let apic = hp.arch_id().unwrap_or(u32::MAX);
-            let _ = out.push((uid, apic));
+            found(uid, CpuEvent::Insert);
         } else if st & cpuhp::STS_REMOVE != 0 {
             hp.control(cpuhp::CTL_CLEAR_REMOVE);
+            found(uid, CpuEvent::Remove);
         } else {
             break;
         }
         uid += 1;
     }
+}
+
+/// The selectors and APIC IDs with an insert event. Eject requests are acknowledged
+/// (remove event cleared) but not acted on here.
+fn scan(hp: &CpuHp<'_, HwPorts>, possible: u32, out: &mut Batch) {
+    cscn(hp, possible, |uid, ev| {
+        if ev == CpuEvent::Insert {
+            let _ = out.push((uid, hp.arch_id().unwrap_or(u32::MAX)));
+        }
+    });
 }
 
 /// Run the storm of APMC 4 with nothing pending; every CPU must still answer after it.
@@ -143,8 +154,6 @@ pub fn storm(r: &mut Report, plan: &Plan) {
         raise_apmc4();
     }
     let us = tm.elapsed_us(&mut sw);
-    // Without the diagnostic query only the CPUs' return from SMM can be seen.
-    let back = (!crate::diag_query_absent()).then(|| crate::smi_query().is_some());
     let aps_ok = !plan.storm_two_cpus
         || tm.wait_until(20_000_000, || {
             cpus::APS
@@ -152,6 +161,11 @@ pub fn storm(r: &mut Report, plan: &Plan) {
                 .skip(1)
                 .any(|a| a.done.load(Ordering::SeqCst) == 1)
         });
+    // Asked only once the AP's writes are over: port 0xB2 holds one command for every
+    // CPU, so a query raced by the AP's APMC 4 finds 4 there and is not answered (an OS
+    // serializes its APM port writes the same way).
+    // Without the diagnostic query only the CPUs' return from SMM can be seen.
+    let back = (!crate::diag_query_absent()).then(|| crate::smi_query().is_some());
     let answers = match back {
         Some(true) if aps_ok => "true",
         Some(_) => "false",
@@ -200,13 +214,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
         return;
     }
     let ports = HwPorts;
-    let hp = CpuHp::new(&ports);
-    let Ok(topo) = hp.count() else {
-        r.check(
-            "hotplug",
-            false,
-            format_args!("CPU hotplug register block unreadable"),
-        );
+    let Some((hp, topo)) = cpus::register_block(r, "hotplug") else {
         return;
     };
     let pmbase = ich9::pmbase(&ports).unwrap_or(ich9::PMBASE);

@@ -30,13 +30,14 @@
 
 use core::sync::atomic::Ordering;
 
-use crate::cpus::{self, find_ap, init_sipi_sipi, Ap, APS};
+use crate::cpus::{self, APS};
+use crate::ipi_clock::{bring_back, pen_signal, set_pen_signal, Clock};
 use crate::{attack, println, Report};
 use q35::cpuhp::{self, CpuHp};
 use q35::fw_cfg::FwCfg;
 use q35::io::HwPorts;
 use q35::lapic;
-use smm_handler::layout::window::{PEN, PEN_SIGNAL};
+use smm_handler::layout::window::PEN;
 
 /// fw_cfg file naming the job.
 const JOB_FILE: &str = "opt/payload/init-smi";
@@ -75,12 +76,8 @@ const SMM_CODE64: u16 = 0x18;
 
 fn job() -> Option<Job> {
     let cfg = FwCfg::detect(&HwPorts).ok()?;
-    let f = cfg.find_file(JOB_FILE)?;
     let mut b = [0u8; 32];
-    let n = (f.size as usize).min(b.len());
-    cfg.read_file(f, &mut b[..n]).ok()?;
-    let s = core::str::from_utf8(&b[..n]).ok()?;
-    match s.trim_matches(|c: char| c.is_whitespace() || c == '\0') {
+    match crate::fw_cfg_text(&cfg, JOB_FILE, &mut b)? {
         "slot" => Some(Job::Slot),
         "sipi-attack" => Some(Job::SipiAttack),
         "pen-bypass" => Some(Job::PenBypass),
@@ -150,46 +147,7 @@ pub fn run(r: &mut Report, tseg: Option<u32>) {
             attack_during_service(r, job, apic, m, t, &tm);
         }
     }
-    bring_back(r, target, apic, slot_before, &tm);
-}
-
-/// A busy-wait clock on the TSC, calibrated once against the PM timer. The waits between
-/// the IPIs use it rather than the PM timer, so that the BSP's polling makes no I/O exits
-/// (under TCG each takes QEMU's global lock, which the target vCPU needs as well to take
-/// its INIT and SMI).
-struct Clock {
-    tsc_per_us: u64,
-}
-
-impl Clock {
-    fn calibrate() -> Clock {
-        Clock {
-            tsc_per_us: cpus::timer().tsc_per_us(),
-        }
-    }
-
-    fn now_us(&self) -> u64 {
-        // SAFETY: RDTSC has no side effects.
-        unsafe { core::arch::x86_64::_rdtsc() / self.tsc_per_us }
-    }
-
-    /// Poll `cond` until it holds or `us` microseconds pass; returns the last verdict.
-    fn wait_until(&self, us: u64, mut cond: impl FnMut() -> bool) -> bool {
-        let start = self.now_us();
-        loop {
-            if cond() {
-                return true;
-            }
-            if self.now_us().wrapping_sub(start) >= us {
-                return cond();
-            }
-            core::hint::spin_loop();
-        }
-    }
-
-    fn delay_us(&self, us: u64) {
-        let _ = self.wait_until(us, || false);
-    }
+    bring_back(r, "init-smi-back", apic, slot_before, &tm);
 }
 
 /// INIT `apic`, then SMI IPIs every `every_us` until `arrived()` says it reached the pen,
@@ -213,48 +171,6 @@ fn init_then_smi(
         }
     }
     false
-}
-
-/// Start `apic` again as an OS would and require that it answers the diagnostic query
-/// from the slot it had before.
-fn bring_back(r: &mut Report, target: &Ap, apic: u32, slot_before: u64, tm: &Clock) {
-    target.done.store(0, Ordering::SeqCst);
-    let started = init_sipi_sipi(apic) && tm.wait_until(3_000_000, || find_ap(apic).is_some());
-    let Some(a) = find_ap(apic) else {
-        r.check(
-            "init-smi-back",
-            false,
-            format_args!("APIC {} did not come back after INIT-SIPI-SIPI", apic),
-        );
-        return;
-    };
-    if crate::diag_query_absent() {
-        r.skip("init-smi-back", format_args!("{}", crate::DIAG_ABSENT));
-        return;
-    }
-    let s = a.slot.load(Ordering::SeqCst);
-    r.check(
-        "init-smi-back",
-        started && s == slot_before && s != u64::MAX,
-        format_args!(
-            "APIC {} back after INIT-SIPI-SIPI, SMI served by slot {} SMBASE {:#x} (before: slot {} SMBASE {:#x})",
-            apic,
-            s as u32 as i64,
-            s >> 32,
-            slot_before as u32 as i64,
-            slot_before >> 32
-        ),
-    );
-}
-
-fn pen_signal() -> u8 {
-    // SAFETY: the pen page is reserved low RAM the OS can read and write (R4).
-    unsafe { core::ptr::read_volatile((PEN.base + PEN_SIGNAL) as usize as *const u8) }
-}
-
-fn set_pen_signal(v: u8) {
-    // SAFETY: as for `pen_signal`.
-    unsafe { core::ptr::write_volatile((PEN.base + PEN_SIGNAL) as usize as *mut u8, v) }
 }
 
 /// Write `bytes` at physical `addr` (identity mapped in the payload; `addr` may be 0).

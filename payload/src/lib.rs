@@ -13,13 +13,32 @@ mod cpus;
 mod entry;
 mod hotplug;
 mod init_smi;
+mod ipi_clock;
+mod lock_owner;
 mod renegotiate;
 mod selector_hammer;
 mod smram;
+mod unplug;
 
 use q35::fw_cfg::{self, FwCfg};
 use q35::io::{HwPorts, PortIo};
 use smm_handler::layout::window;
+
+/// The contents of fw_cfg file `name` as text trimmed of white space and NULs, read into
+/// `buf` (a longer file is cut at `buf`'s size); `None` when absent, unreadable or not
+/// UTF-8. The payload's plans come from host-set `opt/payload/...` files.
+pub(crate) fn fw_cfg_text<'b, const N: usize>(
+    cfg: &FwCfg<'_, HwPorts>,
+    name: &str,
+    buf: &'b mut [u8; N],
+) -> Option<&'b str> {
+    let f = cfg.find_file(name)?;
+    let n = (f.size as usize).min(N);
+    cfg.read_file(f, &mut buf[..n]).ok()?;
+    core::str::from_utf8(&buf[..n])
+        .ok()
+        .map(|s| s.trim_matches(|c: char| c.is_whitespace() || c == '\0'))
+}
 
 /// isa-debug-exit's I/O port.
 const DEBUG_EXIT_PORT: u16 = 0xF4;
@@ -272,7 +291,10 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
     hotplug::smi_round_trip();
     let plan = hotplug::Plan::read();
     hotplug::storm(&mut r, &plan);
+    lock_owner::run(&mut r);
     hotplug::run(&mut r, &plan, tseg);
+    lock_owner::after_hotplug(&mut r);
+    unplug::run(&mut r, tseg);
     finish(&r)
 }
 

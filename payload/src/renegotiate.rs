@@ -76,17 +76,10 @@ pub fn attempt(r: &mut Report) {
     let Ok(cfg) = FwCfg::detect(&HwPorts) else {
         return;
     };
-    let Some(f) = cfg.find_file(FILE) else {
+    let mut raw = [0u8; 32];
+    let Some(text) = crate::fw_cfg_text(&cfg, FILE, &mut raw) else {
         return;
     };
-    let mut raw = [0u8; 32];
-    let n = (f.size as usize).min(raw.len());
-    if cfg.read_file(f, &mut raw[..n]).is_err() {
-        return;
-    }
-    let text = core::str::from_utf8(&raw[..n])
-        .unwrap_or("")
-        .trim_matches(|c: char| c.is_whitespace() || c == '\0');
     let mut values: heapless::Vec<u64, MAX_VALUES> = heapless::Vec::new();
     for v in text.split([',', ':']).filter_map(parse) {
         let _ = values.push(v);

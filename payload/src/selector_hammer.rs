@@ -63,13 +63,9 @@ fn wanted() -> bool {
     match WANTED.load(Ordering::SeqCst) {
         0 => {
             let yes = FwCfg::detect(&HwPorts).is_ok_and(|cfg| {
-                let Some(f) = cfg.find_file("opt/payload/hotplug-variant") else {
-                    return false;
-                };
                 let mut b = [0u8; 64];
-                let n = (f.size as usize).min(b.len());
-                cfg.read_file(f, &mut b[..n]).is_ok()
-                    && core::str::from_utf8(&b[..n]).is_ok_and(|s| s.contains("selector-hammer"))
+                crate::fw_cfg_text(&cfg, "opt/payload/hotplug-variant", &mut b)
+                    .is_some_and(|s| s.contains("selector-hammer"))
             });
             WANTED.store(if yes { 2 } else { 1 }, Ordering::SeqCst);
             yes

@@ -111,12 +111,17 @@ fn check_tseg(r: &mut Report, tseg: Option<u32>) -> Option<u32> {
 /// After a hot-add: SMRAM still closed and locked (D_LCK, no D_OPEN), TSEG (at `tseg`,
 /// when it was found) still unreadable, and the default-SMBASE window still locked.
 pub fn check_still_locked(r: &mut Report, tseg: Option<u32>) {
+    check_locked_as(r, tseg, "smram-locked-after-hotplug");
+}
+
+/// [`check_still_locked`] reported as check `name` (e.g. after a hot-remove).
+pub fn check_locked_as(r: &mut Report, tseg: Option<u32>, name: &'static str) {
     let m = Mch::new(&HwPorts);
     let s = m.smramc();
     let tseg_ok = tseg.map(|b| probe(u64::from(b)) == (0xFFFF_FFFF, 0xFFFF_FFFF));
     let window = m.default_smbase_smram_locked();
     r.check(
-        "smram-locked-after-hotplug",
+        name,
         s & mch::SMRAMC_D_LCK != 0
             && s & mch::SMRAMC_D_OPEN == 0
             && tseg_ok == Some(true)

@@ -27,6 +27,11 @@ use q35::cpuhp::{self, CpuHp};
 /// park in time is not in SMM (the OS offlined it outside SMM, or never offlined it): it
 /// is ejected all the same, as the OS asked.
 pub const T_PARK_US: u64 = 100_000;
+/// How long the eject's port write may block the monarch (µs): QEMU destroys the vCPU
+/// inside the write (it joins the vCPU's thread), typically in well under 20 ms, seen
+/// taking seconds on a loaded host. The SMI lock's waiters must not take the monarch for
+/// gone meanwhile ([`Host::expect_stall`]).
+pub const T_EJECT_STALL_US: u64 = 30_000_000;
 
 /// The selector of `apic` in the boot table.
 fn selector_of<H: Host + ?Sized>(h: &H, apic: u32) -> Option<u32> {
@@ -161,6 +166,7 @@ fn eject<H: Host + ?Sized>(h: &H, slot: usize, apic: u32, s: &mut Summary) {
     };
     let hp = CpuHp::new(h.ports());
     hp.select(sel);
+    h.expect_stall(T_EJECT_STALL_US);
     hp.control(cpuhp::CTL_EJECT);
     // Only this selector's own status, read back consistently, says whether this CPU is
     // gone: another CPU may have moved the selector (R5).

@@ -265,6 +265,18 @@ impl SmiLock {
             .compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed);
     }
 
+    /// Whether a CPU holds the lock (a service is running).
+    pub fn is_held(&self) -> bool {
+        self.owner.load(Ordering::Acquire) != 0
+    }
+
+    /// The monarch is about to block for up to `us` from `now_us` ([`Host::expect_stall`]):
+    /// its next progress report is due only then, so no waiter takes the lock over before
+    /// `now_us + us + LOCK_STALE_US` (still bounded, should it never come back).
+    pub fn expect_stall(&self, now_us: u64, us: u64) {
+        self.heartbeat.beat(now_us.saturating_add(us));
+    }
+
     /// The monarch's progress report from `slot` at `now_us`: records it and says whether
     /// `slot` still owns the lock ([`Host::still_monarch`]).
     pub fn still_owned_by(&self, slot: u32, now_us: u64) -> bool {

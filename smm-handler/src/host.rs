@@ -88,4 +88,8 @@ pub trait Host {
     fn still_monarch(&self) -> bool {
         true
     }
+    /// Called by the monarch right before a call that may block it for up to `us` without
+    /// polling (the eject: QEMU joins the ejected vCPU's thread inside the port write):
+    /// the host's SMI lock must not take it for gone meanwhile. By default nothing.
+    fn expect_stall(&self, _us: u64) {}
 }

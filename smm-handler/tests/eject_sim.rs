@@ -272,3 +272,19 @@ fn a_live_cpu_is_never_forgotten_while_another_cpu_moves_the_selector() {
         "a racy read never frees a live CPU's slot"
     );
 }
+
+#[test]
+fn the_monarch_announces_the_ejects_stall_to_its_lock_right_before_the_eject_write() {
+    // QEMU destroys the vCPU inside the eject's port write, which can block the monarch
+    // for seconds on a loaded host: its SMI lock must not take it for gone meanwhile.
+    let m = with_cpu_2_relocated();
+    os_requests_eject(&m, 2);
+
+    assert_eq!(m.apmc4().ejected, 1);
+
+    assert_eq!(
+        m.stalls.borrow().as_slice(),
+        &[(eject::T_EJECT_STALL_US, 2, true)],
+        "one announcement, with CPU 2 selected and still present: before the write"
+    );
+}

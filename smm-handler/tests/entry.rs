@@ -273,3 +273,47 @@ fn a_waiter_takes_over_from_a_monarch_that_made_no_progress_and_recovers() {
     lock.run(&m, 3, |recovered| next.set(Some(recovered)));
     assert_eq!(next.get(), Some(false));
 }
+
+#[test]
+fn a_waiter_does_not_take_over_from_a_monarch_blocked_in_an_announced_eject() {
+    // QEMU destroys an ejected vCPU inside the monarch's port write, which can block the
+    // monarch for seconds on a loaded host without a progress report. The monarch
+    // announced it (`Host::expect_stall`), so a waiter keeps waiting instead of taking
+    // over and running a service whose register-block accesses QEMU would drop meanwhile.
+    let m = Machine::dense(4, 4);
+    let lock = SmiLock::new();
+    let (took_over, t_take) = (Cell::new(None), Cell::new(0));
+    let stall = smm_handler::eject::T_EJECT_STALL_US;
+    assert!(stall + LOCK_STALE_US < LOCK_WAIT_US);
+    let t0 = m.now();
+
+    lock.run(&m, 2, |_| {
+        lock.expect_stall(m.now(), stall);
+        // The CPU of slot 1 takes an SMI while slot 2 is blocked in the eject.
+        lock.run(&m, 1, |recovered| {
+            took_over.set(Some(recovered));
+            t_take.set(m.now());
+        });
+    });
+
+    // Still bounded: a monarch that never comes back is taken over once the announced
+    // stall and the usual staleness have passed.
+    assert_eq!(took_over.get(), Some(true));
+    let waited = t_take.get() - t0;
+    assert!(
+        (stall + LOCK_STALE_US..stall + LOCK_STALE_US + 6 * TICK_US).contains(&waited),
+        "took over after {waited} us"
+    );
+}
+
+#[test]
+fn a_lock_reports_whether_a_service_holds_it() {
+    // The host ROM sends a CPU whose APMC read is not 4 through the lock while a service
+    // runs (QEMU 10.0.2 reads port 0xB2 as 0 during an eject), so that no CPU leaves SMM
+    // before the service's ejects are done (R14).
+    let m = Machine::dense(2, 2);
+    let lock = SmiLock::new();
+    assert!(!lock.is_held());
+    lock.run(&m, 0, |_| assert!(lock.is_held()));
+    assert!(!lock.is_held());
+}

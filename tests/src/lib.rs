@@ -15,6 +15,7 @@
 //! ([`VmConfig::production_image`]).
 
 pub mod qmp;
+pub mod unplug;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -390,6 +391,11 @@ impl Vm {
             s = String::from_utf8_lossy(&b).replace('\r', "");
         }
         s
+    }
+
+    /// QEMU's exit status once it has exited on its own (`None` while it runs).
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// QEMU's stderr so far.

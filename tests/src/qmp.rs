@@ -105,6 +105,43 @@ impl Qmp {
         Ok(v)
     }
 
+    /// Wait (bounded) for the asynchronous event `name` whose `data` satisfies `pred`, and
+    /// take it out of [`Self::events`]. Polls with `query-status` (every reply loop keeps
+    /// the events that arrive before it).
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self
+                .events
+                .iter()
+                .position(|e| e["event"] == name && pred(&e["data"]))
+            {
+                return Ok(self.events.remove(i));
+            }
+            if Instant::now() > end {
+                return Err(format!(
+                    "no {name} event within {timeout:?}; events so far: {:?}",
+                    self.events
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+            self.execute("query-status", json!({}))?;
+        }
+    }
+
+    /// When QEMU emitted `event` (its `timestamp`, host wall clock).
+    pub fn event_time(event: &Value) -> Option<std::time::SystemTime> {
+        let t = &event["timestamp"];
+        let d = Duration::from_secs(t["seconds"].as_u64()?)
+            + Duration::from_micros(t["microseconds"].as_u64()?);
+        Some(std::time::UNIX_EPOCH + d)
+    }
+
     /// `device_add` of one entry of [`Self::free_cpus`] with device id `id`.
     pub fn device_add_cpu(&mut self, cpu: &Value, id: &str) -> Result<Value, String> {
         let mut args = cpu["props"].clone();

@@ -290,6 +290,9 @@ pub struct Machine {
     pub monarch_apic: Cell<u32>,
     /// SMBASEs whose save state the handler zeroed, in order.
     pub zeroed_save_states: RefCell<Vec<u32>>,
+    /// Stalls the monarch announced (`Host::expect_stall`): the bound, the register
+    /// block's selector then, and whether that selector's CPU was still present.
+    pub stalls: RefCell<Vec<(u64, u32, bool)>>,
 }
 
 impl Machine {
@@ -337,6 +340,7 @@ impl Machine {
             logs: RefCell::new(Vec::new()),
             monarch_apic: Cell::new(u32::try_from(arch_ids[boot[0]]).unwrap_or(0)),
             zeroed_save_states: RefCell::new(Vec::new()),
+            stalls: RefCell::new(Vec::new()),
         };
         for (n, &sel) in boot.iter().enumerate() {
             let apic = arch_ids[sel] as u32;
@@ -818,6 +822,13 @@ impl Host for Machine {
         self.logs
             .borrow_mut()
             .push((level, line.trim_end().to_string()));
+    }
+
+    fn expect_stall(&self, us: u64) {
+        let sim = self.sim();
+        let sel = sim.cpuhp_selector();
+        let present = sim.cpu_slot(sel as usize).is_some_and(|c| c.present);
+        self.stalls.borrow_mut().push((us, sel, present));
     }
 
     fn send_ipi(&self, apic: u32, icr_low: u32) -> bool {

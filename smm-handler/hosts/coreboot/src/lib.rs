@@ -198,6 +198,9 @@ impl Host for Coreboot<'_> {
         beat(self.now_us());
         true
     }
+    fn expect_stall(&self, us: u64) {
+        beat(self.now_us().saturating_add(us));
+    }
 }
 
 /// Mark the slots coreboot's MP init filled (its routing table) ACTIVE, once.

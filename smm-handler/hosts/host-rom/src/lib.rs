@@ -94,6 +94,9 @@ impl Host for HostRom {
     fn still_monarch(&self) -> bool {
         LOCK.still_owned_by(self.1, self.now_us())
     }
+    fn expect_stall(&self, us: u64) {
+        LOCK.expect_stall(self.now_us(), us);
+    }
 }
 
 /// The Rust entry called by each slot's stub with the slot index.
@@ -112,11 +115,16 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     // SAFETY: a plain aligned u32 of the parameter block in SMRAM, written only by the
     // boot code before SMRAM was locked.
     let boot_phase = unsafe { core::ptr::read_volatile(addr_of!(p.boot_phase)) } != 0;
-    // Only APMC 4 has handlers; other SMIs (diagnostic queries, OS SMI IPIs) never touch
-    // the lock.
+    // Only APMC 4 has handlers; other SMIs (diagnostic queries, OS SMI IPIs) touch the
+    // lock only while a service runs: no CPU leaves SMM before that service is done
+    // (R14). On QEMU 10.0.2 a CPU that reads port 0xB2 while the monarch ejects a CPU
+    // does not read 4: QEMU drops the access as re-entrant I/O into the LPC device
+    // (`docs/qemu.md#q-eject-blocks-lpc-io`).
     match ENTRIES.begin(&HwPorts, &p.slots, slot, smbase, boot_phase) {
         Entry::Park => entry::halt_forever(),
-        Entry::Continue { apmc } if apmc == entry::APMC_CPU_HOTPLUG => hot_plug(&host, slot),
+        Entry::Continue { apmc } if apmc == entry::APMC_CPU_HOTPLUG || LOCK.is_held() => {
+            hot_plug(&host, slot)
+        }
         Entry::Continue { .. } | Entry::Leave => {}
     }
     // SAFETY: the slot's own stack bottom in TSEG, from the SMRAM parameter block.
