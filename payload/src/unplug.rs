@@ -29,6 +29,9 @@
 //!   QEMU ignores the bit there): nothing changes, nothing hangs;
 //! - `fw-remove-online`: `fw_remove` and APMC 4 on a CPU that runs payload code (not
 //!   offlined: the OS's own fault): SMM parks and ejects it as asked; nothing hangs;
+//! - `fw-remove-self`: that CPU sets its own `fw_remove` and raises APMC 4 itself, so it
+//!   enters SMM first and is likely to hold the SMI lock: a CPU never ejects itself, so
+//!   another one must, before the SMI returns;
 //! - `attack`: after the eject and before the re-plug, code planted at the first-SMI
 //!   handler's entry and in the pen ([`crate::attack`]), SMI IPIs to the re-plugged CPU
 //!   before and after its relocation: nothing planted may run in SMM;
@@ -62,6 +65,7 @@ struct Plan {
     self_eject: bool,
     fw_remove_boot: bool,
     fw_remove_online: bool,
+    fw_remove_self: bool,
     attack: bool,
     skip_smi: bool,
 }
@@ -89,6 +93,10 @@ impl Plan {
                     "self-eject" => p.self_eject = true,
                     "fw-remove-boot" => p.fw_remove_boot = true,
                     "fw-remove-online" => p.fw_remove_online = true,
+                    "fw-remove-self" => {
+                        p.fw_remove_online = true;
+                        p.fw_remove_self = true;
+                    }
                     "attack" => p.attack = true,
                     "skip-smi" => p.skip_smi = true,
                     other => println!("payload: unplug variant {:?} unknown, ignored", other),
@@ -128,12 +136,30 @@ static HALTED: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 static BUSY_APIC: AtomicU32 = AtomicU32::new(u32::MAX);
 /// Iterations of the busy AP's loop.
 static BUSY_COUNT: AtomicU64 = AtomicU64::new(0);
+/// `fw-remove-self`: the busy AP's own selector + 1 (0 = the OS's CPU asks instead).
+static SELF_SELECTOR: AtomicU32 = AtomicU32::new(0);
+/// `fw-remove-self`: 1 once the busy AP set its `fw_remove` and is about to raise APMC 4;
+/// 2 if it ever runs on after that (it was not ejected).
+static SELF_STEP: AtomicU32 = AtomicU32::new(0);
 
 /// An AP's last step before its halt loop (from `cpus::ap_main`): the AP that the
 /// `fw-remove-online` variant armed keeps running payload code instead; every other AP
 /// says it halts.
 pub fn ap_idle(index: u32) {
     if BUSY_APIC.load(Ordering::SeqCst) == q35::lapic::cpuid_apic_id() {
+        for _ in 0..100_000 {
+            BUSY_COUNT.fetch_add(1, Ordering::SeqCst);
+            core::hint::spin_loop();
+        }
+        let sel = SELF_SELECTOR.load(Ordering::SeqCst);
+        if sel != 0 {
+            let hp = CpuHp::new(&HwPorts);
+            hp.select(sel - 1);
+            hp.control(cpuhp::CTL_SET_FW_REMOVE);
+            SELF_STEP.store(1, Ordering::SeqCst);
+            raise_apmc4();
+            SELF_STEP.store(2, Ordering::SeqCst);
+        }
         loop {
             BUSY_COUNT.fetch_add(1, Ordering::SeqCst);
             core::hint::spin_loop();
@@ -546,14 +572,35 @@ impl Os<'_> {
         };
         BUSY_APIC.store(apic, Ordering::SeqCst);
         let count0 = BUSY_COUNT.load(Ordering::SeqCst);
+        let by_itself = self.plan.fw_remove_self;
+        if by_itself {
+            SELF_SELECTOR.store(sel + 1, Ordering::SeqCst);
+        }
         init_sipi_sipi(apic);
         let running = self.tm.wait_until(3_000_000, || {
             BUSY_COUNT.load(Ordering::SeqCst) > count0 + 1000
         });
         let mut sw = self.tm.start();
-        self.hp.select(sel);
-        self.hp.control(cpuhp::CTL_SET_FW_REMOVE);
-        raise_apmc4();
+        if by_itself {
+            // Its APMC 4 holds this CPU in SMM until the service is done (R14): once it
+            // said it raised it and a moment passed, the eject is over or never came.
+            let raised = self
+                .tm
+                .wait_until(3_000_000, || SELF_STEP.load(Ordering::SeqCst) != 0);
+            self.tm.delay_us(50_000);
+            if !raised || SELF_STEP.load(Ordering::SeqCst) == 2 {
+                println!(
+                    "payload: fw-remove-self: APIC {} raised APMC 4: {}; came back: {}",
+                    apic,
+                    raised,
+                    SELF_STEP.load(Ordering::SeqCst) == 2
+                );
+            }
+        } else {
+            self.hp.select(sel);
+            self.hp.control(cpuhp::CTL_SET_FW_REMOVE);
+            raise_apmc4();
+        }
         let st = status(&self.hp, sel);
         let gone = st & cpuhp::STS_ENABLED == 0;
         let us = self.tm.elapsed_us(&mut sw);
@@ -567,11 +614,17 @@ impl Os<'_> {
             let _ = self.removed.push(sel);
         }
         println!(
-            "UNPLUG selector={} apic={} method=fw-remove-online offline=false gone={} status={:#04x} its-code-stopped={} us={}",
-            sel, apic, gone, st, stopped, us
+            "UNPLUG selector={} apic={} method={} offline=false gone={} status={:#04x} its-code-stopped={} us={}",
+            sel,
+            apic,
+            if by_itself { "fw-remove-self" } else { "fw-remove-online" },
+            gone,
+            st,
+            stopped,
+            us
         );
         r.check(
-            "fw-remove-online-cpu",
+            if by_itself { "fw-remove-self-cpu" } else { "fw-remove-online-cpu" },
             running && gone && stopped && st == 0 && back != Some(false),
             format_args!(
                 "APIC {} ran payload code: {}; ejected when the SMI returned: {}; its code stopped: {}; SMM answers afterwards: {}",

@@ -1,4 +1,4 @@
-//! Losing the SMI-lock owner mid-hot-add on the host ROM (`docs/security.md#r11`, `#r15`;
+//! Losing the SMI-lock owner mid-hot-add (`docs/security.md#r11`, `#r15`;
 //! `docs/protocol.md#lost-monarch-recovery`): an AP becomes the monarch of an APMC 4
 //! service that waits in the arrival barrier for a CPU hot-added over QMP, and the OS (the
 //! payload, `payload/src/lock_owner.rs`, fw_cfg `opt/payload/lock-owner`) INITs or ejects
@@ -6,9 +6,10 @@
 //! slot of its own, and no CPU may be left in SMM (HMP `info registers -a` after the
 //! payload's result, with `opt/payload/stay`).
 //!
-//! Host-ROM-only: the owner-aware SMI lock with the heartbeat takeover is the host ROM's
-//! (`smm_handler::entry::SmiLock`). Against the lock without the takeover (only same-CPU
-//! recovery, 60 s bound) both tests fail: the INIT'd monarch never reaches the lock again
+//! On the host ROM the owner-aware SMI lock is `smm_handler::entry::SmiLock`; on coreboot
+//! it is coreboot's own lock with patch 5 and the hooks of `coreboot-config/` (the
+//! assertions on SMM's log lines are host-ROM-only). Against a lock without the takeover
+//! (only same-CPU recovery, 60 s bound) both tests fail: the INIT'd monarch never reaches the lock again
 //! (the slot stub sends a CPU in the INIT reset state to the pen), the ejected one no
 //! longer exists, so the BSP waits out 60 s, leaves the new CPU at the gate inside SMM and
 //! the hot-add fails.
@@ -84,7 +85,8 @@ fn smm_flags(regs: &str) -> Vec<bool> {
 /// What both jobs require: the loss happened mid-service, the lock came back, the new
 /// CPU was relocated into a slot of its own and came online, nothing ran the firmware's
 /// boot code again, and no CPU is in SMM.
-fn assert_recovered(r: &Run, cpus: usize) {
+/// Returns whether the firmware is the host ROM (whose SMM log the callers read on).
+fn assert_recovered(r: &Run, cpus: usize) -> bool {
     let out = &r.out;
     let lost = lines_with(out, "payload: lock-owner: ");
     assert!(
@@ -97,10 +99,6 @@ fn assert_recovered(r: &Run, cpus: usize) {
         "{out}"
     );
     assert!(
-        out.contains(TAKEOVER) || out.contains(SAME_CPU),
-        "SMM logged neither a takeover nor a same-CPU recovery of the lock:\n{out}"
-    );
-    assert!(
         r.result.starts_with("RESULT: PASS"),
         "{}\n--- serial ---\n{out}",
         r.result
@@ -109,12 +107,6 @@ fn assert_recovered(r: &Run, cpus: usize) {
     let hot = lines_with(out, "HOTPLUG ");
     assert_eq!(hot.len(), 1, "{out}");
     assert!(hot[0].ends_with("smi=ok"), "{out}");
-    assert_eq!(
-        out.matches("[SMM INFO ] relocated APIC ID").count(),
-        1,
-        "{out}"
-    );
-    assert_eq!(out.matches(ROM_STARTING).count(), 1, "{out}");
     let smm = smm_flags(&r.regs);
     assert_eq!(r.cpus, cpus, "CPUs QEMU lists:\n{}", r.regs);
     assert_eq!(smm.len(), cpus, "one SMM= flag per CPU:\n{}", r.regs);
@@ -123,6 +115,23 @@ fn assert_recovered(r: &Run, cpus: usize) {
         "a CPU is left in SMM:\n{}\n--- serial ---\n{out}",
         r.regs
     );
+    // The rest reads the host ROM's console; coreboot's SMM does not print without
+    // CONFIG_DEBUG_SMI.
+    if !testing_host_rom() {
+        eprintln!("host-ROM-only log checks skipped: HOST_ROM is another firmware");
+        return false;
+    }
+    assert!(
+        out.contains(TAKEOVER) || out.contains(SAME_CPU),
+        "SMM logged neither a takeover nor a same-CPU recovery of the lock:\n{out}"
+    );
+    assert_eq!(
+        out.matches("[SMM INFO ] relocated APIC ID").count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out.matches(ROM_STARTING).count(), 1, "{out}");
+    true
 }
 
 /// The slot the new CPU got, from its `HOTPLUG` line.
@@ -136,14 +145,9 @@ fn hotplug_slot(out: &str) -> i64 {
 
 #[test]
 fn an_init_to_the_smi_lock_owner_mid_hot_add_leaves_hot_add_working_and_no_cpu_in_smm() {
-    host_rom_only!();
     let r = lose_the_owner("init");
     // BSP, AP (INIT'd, then brought back) and the new CPU.
-    assert_recovered(&r, 3);
     let out = &r.out;
-    // The INIT'd CPU never reaches the lock again on its own: its next SMI found it in the
-    // INIT reset state and the slot stub sent it to the pen. So a waiter took over.
-    assert!(out.contains(TAKEOVER), "no takeover:\n{out}");
     assert!(
         out.contains("CHECK lock-owner-back: PASS")
             || (out.contains("CHECK lock-owner-back: SKIP")
@@ -152,19 +156,22 @@ fn an_init_to_the_smi_lock_owner_mid_hot_add_leaves_hot_add_working_and_no_cpu_i
     );
     // The AP kept slot 1; the new CPU got another.
     assert_ne!(hotplug_slot(out), 1, "{out}");
+    if !assert_recovered(&r, 3) {
+        return;
+    }
+    // The INIT'd CPU never reaches the lock again on its own: its next SMI found it in the
+    // INIT reset state and the slot stub sent it to the pen. So a waiter took over.
+    assert!(out.contains(TAKEOVER), "no takeover:\n{out}");
 }
 
 #[test]
 fn an_eject_of_the_smi_lock_owner_mid_hot_add_leaves_hot_add_working_and_its_slot_unused() {
-    host_rom_only!();
     let r = lose_the_owner("eject");
     // BSP and the new CPU: the AP is gone.
-    assert_recovered(&r, 2);
     let out = &r.out;
-    assert!(out.contains(TAKEOVER), "no takeover:\n{out}");
-    // The handler saw QEMU report the CPU absent and kept its slot for it.
     assert!(
-        out.contains("[SMM INFO ] APIC ID 1 is gone (ejected by the OS); slot 1 kept for it"),
+        out.contains("CHECK lock-owner-slot-kept: PASS")
+            || out.contains("CHECK lock-owner-slot-kept: SKIP"),
         "{out}"
     );
     assert_ne!(
@@ -172,9 +179,13 @@ fn an_eject_of_the_smi_lock_owner_mid_hot_add_leaves_hot_add_working_and_its_slo
         1,
         "the ejected CPU's slot was reused:\n{out}"
     );
+    if !assert_recovered(&r, 2) {
+        return;
+    }
+    assert!(out.contains(TAKEOVER), "no takeover:\n{out}");
+    // The handler saw QEMU report the CPU absent and kept its slot for it.
     assert!(
-        out.contains("CHECK lock-owner-slot-kept: PASS")
-            || out.contains("CHECK lock-owner-slot-kept: SKIP"),
+        out.contains("[SMM INFO ] APIC ID 1 is gone (ejected by the OS); slot 1 kept for it"),
         "{out}"
     );
 }

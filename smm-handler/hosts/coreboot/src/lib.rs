@@ -76,6 +76,12 @@ static SLOTS: Slots = Slots::new();
 static SEEDED: AtomicBool = AtomicBool::new(false);
 static ENTRIES: SmiEntries = SmiEntries::new();
 
+/// A monarch that is itself to be ejected hands the SMI lock on: it records its CPU + 1
+/// here (0 = none) and parks holding the lock; the first waiter takes the lock over at
+/// once and runs the service again, which ejects it. Releasing the lock instead would
+/// leave the eject to the next APMC 4: coreboot's waiters leave SMM when the lock is
+/// released, without the handlers.
+static HANDOFF: AtomicU32 = AtomicU32::new(0);
 /// The monarch's last progress report (µs by TSC), for the waiters of coreboot's SMI lock.
 static HEARTBEAT: Heartbeat = Heartbeat::new();
 /// Whether [`HEARTBEAT`] was ever beaten (before that, only a waiter's own wait counts).
@@ -242,6 +248,17 @@ pub unsafe extern "C" fn rust_cpu_hotplug_apmc(env: *const Env) {
     }
     seed(&cb);
     entry::dispatch(&cb, entry::APMC_CPU_HOTPLUG);
+    // Planned for eject by this very service: a CPU never ejects itself.
+    if entry::park_if_removing(&SLOTS, env.cpu) {
+        smm_log!(
+            cb,
+            Info,
+            "CPU {} is to be ejected: parks and hands the SMI lock on",
+            env.cpu
+        );
+        HANDOFF.store(env.cpu.wrapping_add(1), Ordering::SeqCst);
+        entry::halt_forever();
+    }
 }
 
 /// coreboot's `smm_lock_wait()`: asked on each spin by CPU `cpu` while CPU `owner` holds
@@ -256,6 +273,9 @@ pub extern "C" fn rust_cpu_hotplug_lock_wait(owner: i32, cpu: i32, spins: u64) -
         if entry::park_if_removing(&SLOTS, slot) {
             entry::halt_forever();
         }
+    }
+    if HANDOFF.load(Ordering::SeqCst) == (owner as u32).wrapping_add(1) {
+        return LOCK_TAKE_OVER;
     }
     let c = usize::try_from(cpu).unwrap_or(usize::MAX);
     let (Some(boot), Some(seen), Some(since), Some(began)) = (
@@ -310,6 +330,21 @@ pub unsafe extern "C" fn rust_cpu_hotplug_lock_recovered(env: *const Env, previo
         return;
     }
     seed(&cb);
+    let handed = (previous_owner as u32).wrapping_add(1);
+    if HANDOFF
+        .compare_exchange(handed, 0, Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
+    {
+        // The service was complete; the handlers now eject the previous owner.
+        smm_log!(
+            cb,
+            Info,
+            "SMI lock handed on by CPU {} (to be ejected) to CPU {}",
+            previous_owner as u32,
+            env.cpu
+        );
+        return;
+    }
     if previous_owner == env.cpu as i32 {
         smm_log!(
             cb,

@@ -147,6 +147,12 @@ fn hot_plug(host: &HostRom, slot: u32) {
     match LOCK.run(host, slot, service) {
         Locked::Park => entry::halt_forever(),
         Locked::Done if eject::pending(host) => {
+            smm_log!(
+                host,
+                Info,
+                "slot {}: an eject is still pending (the monarch was a target): running the service again",
+                slot
+            );
             if LOCK.run(host, slot, service) == Locked::Park {
                 entry::halt_forever();
             }
