@@ -113,3 +113,74 @@ impl Qmp {
         self.execute("device_add", args)
     }
 }
+
+impl Qmp {
+    /// `device_del` of the device with id `id`. QEMU only asks the guest to eject it: for a
+    /// CPU, wait for [`Self::wait_cpu_deleted`] before relying on it being gone.
+    pub fn device_del(&mut self, id: &str) -> Result<Value, String> {
+        self.execute("device_del", json!({ "id": id }))
+    }
+
+    /// Wait (bounded) for an event named `name` for which `pick` holds, among the events
+    /// received so far and those that come; returns it and removes it from [`Self::events`].
+    /// Events arrive only while a command runs, so this polls with `query-status`.
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        pick: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self
+                .events
+                .iter()
+                .position(|e| e["event"] == name && pick(e))
+            {
+                return Ok(self.events.remove(i));
+            }
+            if Instant::now() > end {
+                return Err(format!(
+                    "no {name} event within {timeout:?}; events so far: {:?}",
+                    self.events
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            self.execute("query-status", json!({}))?;
+        }
+    }
+
+    /// Wait until the CPU plugged as device `id` is gone: QEMU's `DEVICE_DELETED` for it
+    /// or for its APIC child, then `query-cpus-fast` no longer lists it. QEMU sends a
+    /// device's event when the object is finalized; for a CPU, 7.2.22 and 10.0.2 send
+    /// only the APIC's (`/machine/peripheral/<id>/lapic`) as the guest ejects it: the
+    /// CPU object itself outlives the unplug.
+    pub fn wait_cpu_deleted(&mut self, id: &str, timeout: Duration) -> Result<Value, String> {
+        let path = format!("/machine/peripheral/{id}");
+        let child = format!("{path}/");
+        let ev = self.wait_event(
+            "DEVICE_DELETED",
+            |e| {
+                e["data"]["device"] == id
+                    || e["data"]["path"]
+                        .as_str()
+                        .is_some_and(|p| p == path || p.starts_with(&child))
+            },
+            timeout,
+        )?;
+        if self.cpu_paths()?.contains(&path) {
+            return Err(format!("{ev} came, but query-cpus-fast still lists {path}"));
+        }
+        Ok(ev)
+    }
+
+    /// The QOM paths of the CPUs QEMU has (`query-cpus-fast`).
+    pub fn cpu_paths(&mut self) -> Result<Vec<String>, String> {
+        let r = self.execute("query-cpus-fast", json!({}))?;
+        Ok(r.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["qom-path"].as_str().map(String::from))
+            .collect())
+    }
+}
