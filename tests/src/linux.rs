@@ -19,7 +19,7 @@ pub const INIT_SCRIPT: &str = "tests/guest/init";
 /// The kernel command line every guest gets: console on the first serial port, only
 /// errors from the kernel there (its messages would interleave with the `GUEST: ` lines;
 /// the `dmesg` command shows them), and a panic ends QEMU (`-no-reboot`).
-pub const BASE_CMDLINE: &str = "console=ttyS0 loglevel=3 panic=-1";
+pub const BASE_CMDLINE: &str = "console=ttyS0 loglevel=4 panic=-1";
 
 /// Seconds after which `/init` powers the guest off (`guest.timeout`), so that no guest
 /// outlives its test even if the harness's kill went astray.
