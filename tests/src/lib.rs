@@ -8,18 +8,20 @@
 //!   `build/host-rom-test.rom`, built by `scripts/build` on first use, whose SMM answers the
 //!   diagnostic query the per-CPU slot checks need); point it at a coreboot.rom to run the
 //!   same tests there;
-//! - `PAYLOAD_ELF`: the payload (default `build/payload.elf`).
+//! - `PAYLOAD_ELF`: the payload (default `build/payload.elf`);
+//! - `LINUX_GUEST_CACHE`, `LINUX_GUEST_REQUIRED`: the Linux guest ([`linux`]).
 //!
 //! Tests of the test knobs use the test image whatever `HOST_ROM` says
 //! ([`VmConfig::test_image`]); tests of the production ROM use `build/host-rom.rom`
 //! ([`VmConfig::production_image`]).
 
+pub mod linux;
 pub mod qmp;
 pub mod unplug;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -197,6 +199,29 @@ fn build_host_roms() -> Result<(), String> {
         .clone()
 }
 
+/// The firmware a VM boots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Firmware {
+    /// The ROM under test: `HOST_ROM`, else the test image ([`images`]).
+    #[default]
+    UnderTest,
+    /// This `-bios` image.
+    Rom(PathBuf),
+    /// QEMU's own default firmware (SeaBIOS on q35): no `-bios`.
+    QemuDefault,
+}
+
+/// A Linux kernel for the firmware to boot: QEMU's `-kernel`, `-initrd` and `-append`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxBoot {
+    /// The kernel image (bzImage).
+    pub kernel: PathBuf,
+    /// The initramfs.
+    pub initrd: PathBuf,
+    /// The kernel command line.
+    pub append: String,
+}
+
 /// How to start one VM.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -208,8 +233,12 @@ pub struct VmConfig {
     pub extra: Vec<String>,
     /// Open a QMP socket.
     pub qmp: bool,
-    /// The `-bios` image (default: [`images`]).
-    pub bios: Option<PathBuf>,
+    /// The firmware (default: the ROM under test).
+    pub firmware: Firmware,
+    /// A kernel for the firmware to boot (`-kernel`, `-initrd`, `-append`).
+    pub linux: Option<LinuxBoot>,
+    /// Let the test write to the serial console ([`Vm::send_console`]).
+    pub console_input: bool,
     /// `smm=on` (default); `false` only for the no-SMM benchmark baseline.
     pub smm: bool,
     /// The QEMU binary (default: [`qemu_binary`], from `$QEMU`).
@@ -224,7 +253,9 @@ impl VmConfig {
             mem_mb: 256,
             extra: Vec::new(),
             qmp: false,
-            bios: None,
+            firmware: Firmware::UnderTest,
+            linux: None,
+            console_input: false,
             smm: true,
             qemu: None,
         }
@@ -233,14 +264,32 @@ impl VmConfig {
     /// Boot the host ROM's test image `build/host-rom-test.rom` (test knobs, diagnostic
     /// query after boot), whatever `HOST_ROM` says.
     pub fn test_image(mut self) -> Self {
-        self.bios = Some(host_rom_image(TEST_ROM));
+        self.firmware = Firmware::Rom(host_rom_image(TEST_ROM));
         self
     }
 
     /// Boot the production host ROM `build/host-rom.rom` (no test knobs, no diagnostic
     /// query after boot), whatever `HOST_ROM` says.
     pub fn production_image(mut self) -> Self {
-        self.bios = Some(host_rom_image(PRODUCTION_ROM));
+        self.firmware = Firmware::Rom(host_rom_image(PRODUCTION_ROM));
+        self
+    }
+
+    /// Boot QEMU's own firmware (SeaBIOS) instead of a ROM.
+    pub fn qemu_default_firmware(mut self) -> Self {
+        self.firmware = Firmware::QemuDefault;
+        self
+    }
+
+    /// Have the firmware boot this kernel and initramfs with command line `append`, and
+    /// open the serial console for input ([`Vm::send_console`]).
+    pub fn linux(mut self, kernel: &Path, initrd: &Path, append: &str) -> Self {
+        self.linux = Some(LinuxBoot {
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            append: append.into(),
+        });
+        self.console_input = true;
         self
     }
 
@@ -273,6 +322,7 @@ pub struct Vm {
     pub started: Instant,
     _dir: tempfile::TempDir,
     stderr_path: PathBuf,
+    console_in: Option<ChildStdin>,
 }
 
 /// How a run ended.
@@ -323,12 +373,20 @@ impl Vm {
             }
             None => qemu_binary()?,
         };
-        let bios = match &cfg.bios {
-            Some(b) => b.clone(),
-            None => images().0,
+        let bios = match &cfg.firmware {
+            Firmware::UnderTest => Some(images().0),
+            Firmware::Rom(b) => Some(b.clone()),
+            Firmware::QemuDefault => None,
         };
-        if !bios.exists() {
-            return Err(format!("ROM {} does not exist", bios.display()));
+        if let Some(b) = bios.as_ref().filter(|b| !b.exists()) {
+            return Err(format!("ROM {} does not exist", b.display()));
+        }
+        if let Some(l) = &cfg.linux {
+            for f in [&l.kernel, &l.initrd] {
+                if !f.exists() {
+                    return Err(format!("{} does not exist", f.display()));
+                }
+            }
         }
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let serial = dir.path().join("serial.log");
@@ -344,29 +402,45 @@ impl Vm {
             "none",
             "-no-reboot",
         ])
-        .args(["-m", &cfg.mem_mb.to_string(), "-smp", &cfg.smp])
-        .arg("-bios")
-        .arg(&bios)
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .args([
+        .args(["-m", &cfg.mem_mb.to_string(), "-smp", &cfg.smp]);
+        if let Some(b) = &bios {
+            cmd.arg("-bios").arg(b);
+        }
+        if let Some(l) = &cfg.linux {
+            cmd.arg("-kernel")
+                .arg(&l.kernel)
+                .arg("-initrd")
+                .arg(&l.initrd)
+                .args(["-append", &l.append]);
+        }
+        if cfg.console_input {
+            // The console is QEMU's stdio: output to the same file, input from a pipe.
+            cmd.args(["-serial", "stdio"])
+                .stdin(Stdio::piped())
+                .stdout(std::fs::File::create(&serial).map_err(|e| e.to_string())?);
+        } else {
+            cmd.arg("-serial")
+                .arg(format!("file:{}", serial.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+        }
+        cmd.args([
             "-device",
             "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-monitor",
             "none",
         ])
         .args(&cfg.extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(std::fs::File::create(&stderr_path).map_err(|e| e.to_string())?);
         let qmp_path = dir.path().join("qmp.sock");
         if cfg.qmp {
             cmd.arg("-qmp")
                 .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", qemu.display()))?;
+        let console_in = child.stdin.take();
         let started = Instant::now();
         let mut vm = Vm {
             child,
@@ -375,6 +449,7 @@ impl Vm {
             started,
             _dir: dir,
             stderr_path,
+            console_in,
         };
         if cfg.qmp {
             vm.qmp = Some(qmp::Qmp::connect(&qmp_path, Duration::from_secs(10))?);
@@ -396,6 +471,18 @@ impl Vm {
     /// QEMU's exit status once it has exited on its own (`None` while it runs).
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// Write `line` and a newline to the serial console (only with
+    /// [`VmConfig::console_input`]).
+    pub fn send_console(&mut self, line: &str) -> Result<(), String> {
+        let w = self
+            .console_in
+            .as_mut()
+            .ok_or("the console takes no input: VmConfig::console_input is off")?;
+        w.write_all(format!("{line}\n").as_bytes())
+            .and_then(|()| w.flush())
+            .map_err(|e| format!("writing to the console: {e}"))
     }
 
     /// QEMU's stderr so far.

@@ -1,0 +1,270 @@
+//! The Linux test guest: Debian's own kernel and busybox-static, fetched by
+//! `scripts/linux-guest` into a cache outside the repository, and an initramfs built here
+//! around `tests/guest/init`, whose `GUEST: ` console lines the tests wait for.
+//!
+//! Environment:
+//! - `LINUX_GUEST_CACHE`: the cache `scripts/linux-guest` fills (default
+//!   `$HOME/.cache/cpu-hotplug-smm/linux-guest`);
+//! - `LINUX_GUEST_REQUIRED=1`: a missing guest fails the tests instead of skipping them
+//!   (for CI, which runs `scripts/linux-guest` first).
+
+use crate::{workspace_root, VmConfig};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// The guest's `/init`, relative to the workspace root.
+pub const INIT_SCRIPT: &str = "tests/guest/init";
+
+/// The kernel command line every guest gets: console on the first serial port, only
+/// errors from the kernel there (its messages would interleave with the `GUEST: ` lines;
+/// the `dmesg` command shows them), and a panic ends QEMU (`-no-reboot`).
+pub const BASE_CMDLINE: &str = "console=ttyS0 loglevel=4 panic=-1";
+
+/// Seconds after which `/init` powers the guest off (`guest.timeout`), so that no guest
+/// outlives its test even if the harness's kill went astray.
+pub const GUEST_TIMEOUT_S: u32 = 300;
+
+/// The Linux guest, ready to boot.
+#[derive(Clone, Debug)]
+pub struct LinuxGuest {
+    /// Debian's kernel image.
+    pub kernel: PathBuf,
+    /// The initramfs built from busybox and [`INIT_SCRIPT`].
+    pub initrd: PathBuf,
+    /// busybox-static's binary.
+    pub busybox: PathBuf,
+    /// The kernel's Debian package and version, e.g. `linux-image-6.1.0-57-amd64 6.1.192-3`.
+    pub kernel_package: String,
+}
+
+impl LinuxGuest {
+    /// A VM that boots this guest with `-smp smp`, 512 MiB and `extra_append` after
+    /// [`BASE_CMDLINE`]. The firmware is left at the ROM under test; tests that need
+    /// QEMU's own add [`VmConfig::qemu_default_firmware`].
+    pub fn vm_config(&self, smp: &str, extra_append: &str) -> VmConfig {
+        let append = format!("{BASE_CMDLINE} guest.timeout={GUEST_TIMEOUT_S} {extra_append}");
+        let mut cfg = VmConfig::new(smp).linux(&self.kernel, &self.initrd, append.trim_end());
+        cfg.mem_mb = 512;
+        cfg
+    }
+}
+
+/// The folder `scripts/linux-guest` fills.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("LINUX_GUEST_CACHE") {
+        return d.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache/cpu-hotplug-smm/linux-guest")
+}
+
+static GUEST: OnceLock<Result<LinuxGuest, String>> = OnceLock::new();
+
+/// The guest: the kernel and busybox from the cache, the initramfs built (once per
+/// process, reused across runs while its content is the same) under `target/linux-guest/`.
+/// A clear error when the cache is missing.
+pub fn guest() -> Result<LinuxGuest, String> {
+    GUEST.get_or_init(load).clone()
+}
+
+/// For tests: the guest, or `None` after printing why the test is skipped. With
+/// `LINUX_GUEST_REQUIRED=1` a missing guest panics instead.
+pub fn guest_or_skip() -> Option<LinuxGuest> {
+    match guest() {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var_os("LINUX_GUEST_REQUIRED").is_some_and(|v| v == "1") => {
+            panic!("{e} (LINUX_GUEST_REQUIRED=1)")
+        }
+        Err(e) => {
+            eprintln!("Linux guest test skipped: {e}");
+            None
+        }
+    }
+}
+
+fn load() -> Result<LinuxGuest, String> {
+    let cache = cache_dir();
+    let paths = cache.join("paths");
+    let text = std::fs::read_to_string(&paths).map_err(|e| {
+        format!(
+            "no Linux guest in {} ({}: {e}): run scripts/linux-guest (as root on Debian 12) to fetch it",
+            cache.display(),
+            paths.display()
+        )
+    })?;
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                format!(
+                    "{} has no {key}=: run scripts/linux-guest again",
+                    paths.display()
+                )
+            })
+    };
+    let kernel = PathBuf::from(get("vmlinuz")?);
+    let busybox = PathBuf::from(get("busybox")?);
+    for f in [&kernel, &busybox] {
+        if !f.is_file() {
+            return Err(format!(
+                "{} (named in {}) is missing: run scripts/linux-guest again",
+                f.display(),
+                paths.display()
+            ));
+        }
+    }
+    let init_path = workspace_root().join(INIT_SCRIPT);
+    let init = std::fs::read(&init_path).map_err(|e| format!("{}: {e}", init_path.display()))?;
+    let bb = std::fs::read(&busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
+    let cpio = initramfs(&bb, &init).map_err(|e| format!("building the initramfs: {e}"))?;
+    let initrd = store(&cpio).map_err(|e| format!("writing the initramfs: {e}"))?;
+    Ok(LinuxGuest {
+        kernel,
+        initrd,
+        busybox,
+        kernel_package: get("kernel").unwrap_or_default(),
+    })
+}
+
+/// The initramfs: a newc cpio archive with busybox at `/bin/busybox` and `init` at
+/// `/init`; `/init` installs the applet links at boot (`busybox --install -s`).
+///
+/// Written with the `cpio` crate's newc builder. Not compressed: the kernel unpacks a
+/// plain newc archive as it is, and gzip would save about 1 MiB at the cost of
+/// decompressing it under TCG on every boot.
+pub fn initramfs(busybox: &[u8], init: &[u8]) -> std::io::Result<Vec<u8>> {
+    const DIR: u32 = 0o040755;
+    const EXEC: u32 = 0o100755;
+    const SYMLINK: u32 = 0o120777;
+    // A character device, root only: the console the kernel opens for init (5:1).
+    const CONSOLE: u32 = 0o020600;
+    let entries: [(&str, u32, &[u8]); 9] = [
+        ("bin", DIR, b""),
+        ("dev", DIR, b""),
+        ("dev/console", CONSOLE, b""),
+        ("proc", DIR, b""),
+        ("sys", DIR, b""),
+        ("tmp", DIR, b""),
+        ("bin/busybox", EXEC, busybox),
+        ("bin/sh", SYMLINK, b"busybox"),
+        ("init", EXEC, init),
+    ];
+    let mut out = Vec::with_capacity(busybox.len() + init.len() + 4096);
+    for (ino, (name, mode, data)) in (1u32..).zip(entries) {
+        let size = u32::try_from(data.len())
+            .map_err(|_| std::io::Error::other(format!("{name} is larger than 4 GiB")))?;
+        let (major, minor) = if mode == CONSOLE { (5, 1) } else { (0, 0) };
+        // mtime 0 and fixed inode numbers: the same inputs give the same archive.
+        let mut w = cpio::newc::Builder::new(name)
+            .ino(ino)
+            .mode(mode)
+            .nlink(if mode == DIR { 2 } else { 1 })
+            .rdev_major(major)
+            .rdev_minor(minor)
+            .write(&mut out, size);
+        w.write_all(data)?;
+        w.finish()?;
+    }
+    cpio::newc::trailer(&mut out)?;
+    Ok(out)
+}
+
+/// Where built guest files go: `target/linux-guest/`.
+fn target_dir() -> PathBuf {
+    let t = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| workspace_root().join("target"));
+    t.join("linux-guest")
+}
+
+/// Store `cpio` as `target/linux-guest/initramfs-<hash>.cpio` unless a file of that name
+/// is there: named by content, so concurrent test processes never write a file another
+/// one is booting, and a changed `/init` or busybox gives a new file.
+fn store(cpio: &[u8]) -> std::io::Result<PathBuf> {
+    let dir = target_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("initramfs-{:016x}.cpio", fnv1a(cpio)));
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == cpio.len() as u64) {
+        return Ok(path);
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)?;
+    tmp.write_all(cpio)?;
+    tmp.persist(&path).map_err(|e| e.error)?;
+    Ok(path)
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across Rust releases, for file names.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The value of `key=value` in a `GUEST: ` line, e.g. `field(line, "apic")`.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_initramfs_reads_back_with_every_entry() {
+        let a = initramfs(b"\x7fELF-busybox", b"#!/bin/busybox sh\necho hi\n").unwrap();
+        assert_eq!(
+            a,
+            initramfs(b"\x7fELF-busybox", b"#!/bin/busybox sh\necho hi\n").unwrap()
+        );
+        let mut r = &a[..];
+        let mut seen = Vec::new();
+        loop {
+            let mut rd = cpio::newc::Reader::new(r).unwrap();
+            if rd.entry().is_trailer() {
+                break;
+            }
+            let e = rd.entry();
+            let name = e.name().to_string();
+            seen.push((name.clone(), e.mode(), e.rdev_major(), e.rdev_minor()));
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut rd, &mut data).unwrap();
+            match name.as_str() {
+                "init" => assert_eq!(data, b"#!/bin/busybox sh\necho hi\n"),
+                "bin/busybox" => assert_eq!(data, b"\x7fELF-busybox"),
+                "bin/sh" => assert_eq!(data, b"busybox"),
+                _ => assert!(data.is_empty()),
+            }
+            r = rd.finish().unwrap();
+        }
+        let names: Vec<&str> = seen.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "dev",
+                "dev/console",
+                "proc",
+                "sys",
+                "tmp",
+                "bin/busybox",
+                "bin/sh",
+                "init"
+            ]
+        );
+        assert!(seen.contains(&("dev/console".into(), 0o020600, 5, 1)));
+        assert!(seen.contains(&("init".into(), 0o100755, 0, 0)));
+    }
+
+    #[test]
+    fn field_finds_a_value_by_key() {
+        let l = "GUEST: online cpu=2 apic=3 pinned=ok";
+        assert_eq!(field(l, "cpu"), Some("2"));
+        assert_eq!(field(l, "apic"), Some("3"));
+        assert_eq!(field(l, "pinned"), Some("ok"));
+        assert_eq!(field(l, "pin"), None);
+    }
+}
