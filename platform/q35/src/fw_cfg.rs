@@ -33,6 +33,8 @@ pub const ID_DMA: u32 = 1 << 1;
 
 /// DMA control bit 1: read `length` bytes of the item into `address`.
 pub const DMA_CTL_READ: u32 = 0x02;
+/// DMA control bit 2: advance the item's data offset by `length` bytes without copying.
+pub const DMA_CTL_SKIP: u32 = 0x04;
 /// DMA control bit 3: select the item whose key is in bits 31:16 first.
 pub const DMA_CTL_SELECT: u32 = 0x08;
 /// DMA control bit 4: write `length` bytes from `address` into the item.
@@ -150,7 +152,11 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
     /// Look a file up by name in the directory ([`KEY_FILE_DIR`]). Keys are not stable
     /// across command lines, so files are always found by name.
     pub fn find_file(&self, name: &str) -> Option<FwCfgFile> {
-        let want = name.as_bytes();
+        self.find_file_bytes(name.as_bytes())
+    }
+
+    /// [`Self::find_file`] for a name given as bytes (e.g. taken from a QEMU script).
+    pub fn find_file_bytes(&self, want: &[u8]) -> Option<FwCfgFile> {
         if want.is_empty() || want.len() >= FILE_NAME_LEN {
             return None;
         }
@@ -227,6 +233,23 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
         }
         let control = (u32::from(file.key) << 16) | DMA_CTL_SELECT | DMA_CTL_WRITE;
         self.dma(control, data.as_ptr() as u64, data.len() as u32)
+    }
+
+    /// Write `data` into a file at `offset` (select, skip `offset` bytes, write). QEMU
+    /// refuses a write that runs past the end of the file or into a read-only file.
+    pub fn write_file_at(
+        &self,
+        file: FwCfgFile,
+        offset: u32,
+        data: &[u8],
+    ) -> Result<(), FwCfgError> {
+        let end = u64::from(offset) + data.len() as u64;
+        if data.is_empty() || end > u64::from(file.size) {
+            return Err(FwCfgError::BadLength);
+        }
+        let select = (u32::from(file.key) << 16) | DMA_CTL_SELECT;
+        self.dma(select | DMA_CTL_SKIP, 0, offset)?;
+        self.dma(DMA_CTL_WRITE, data.as_ptr() as u64, data.len() as u32)
     }
 
     /// Find `name` and read it as a little-endian u64 (files of exactly 8 bytes).
