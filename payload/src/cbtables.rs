@@ -14,7 +14,7 @@ pub struct MemRange {
     pub start: u64,
     /// Length in bytes.
     pub size: u64,
-    /// Type: 1 = RAM, 2 = reserved, 16 = coreboot table, others.
+    /// Type: 1 = RAM, 2 = reserved, 3 = ACPI, 16 = coreboot table, others.
     pub kind: u32,
 }
 

@@ -168,6 +168,7 @@ fn memory_map(r: &mut Report, tables: &cbtables::Tables) {
         let kind = match m.kind {
             1 => "RAM",
             2 => "reserved",
+            3 => "ACPI",
             16 => "table",
             _ => "other",
         };

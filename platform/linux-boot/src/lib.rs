@@ -399,3 +399,76 @@ pub fn write_zero_page(
     }
     Ok(())
 }
+
+impl core::fmt::Display for ImageError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let v = |p: u16| (p >> 8, p & 0xff);
+        match *self {
+            ImageError::SetupTooShort(n) => {
+                write!(f, "setup part of {} bytes has no full setup header", n)
+            }
+            ImageError::NoSignature => {
+                write!(
+                    f,
+                    "not a bzImage (no \"HdrS\" signature in the setup header)"
+                )
+            }
+            ImageError::BootFlag(b) => write!(f, "boot_flag {:#06x} is not 0xaa55", b),
+            ImageError::ProtocolTooOld(p) => write!(
+                f,
+                "boot protocol {}.{:02} is older than 2.12 (no 64-bit entry)",
+                v(p).0,
+                v(p).1
+            ),
+            ImageError::HeaderTooShort(e) => {
+                write!(f, "setup header ends at {:#x}, before init_size", e)
+            }
+            ImageError::NotLoadedHigh => write!(f, "not loaded high (a zImage, not a bzImage)"),
+            ImageError::No64BitEntry => {
+                write!(f, "no 64-bit entry (XLF_KERNEL_64 clear in xloadflags)")
+            }
+            ImageError::Alignment(a) => {
+                write!(f, "kernel_alignment {:#x} is not a power of two", a)
+            }
+        }
+    }
+}
+
+impl core::fmt::Display for PlaceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            PlaceError::KernelLargerThanInitSize { kernel, init_size } => write!(
+                f,
+                "{} bytes of kernel exceed its init_size {:#x}",
+                kernel, init_size
+            ),
+            PlaceError::NoRoomForKernel { size, from } => write!(
+                f,
+                "no usable RAM for the kernel's {} MiB (init_size) from {:#x} (give QEMU more memory, -m)",
+                size >> 20,
+                from
+            ),
+            PlaceError::NoRoomForInitrd { size, max } => write!(
+                f,
+                "no usable RAM below {:#x} for the {} KiB initrd outside the kernel",
+                u64::from(max) + 1,
+                size >> 10
+            ),
+        }
+    }
+}
+
+impl core::fmt::Display for ZeroPageError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ZeroPageError::TooManyE820(n) => {
+                write!(f, "{} e820 entries, the zero page holds {}", n, E820_MAX)
+            }
+            ZeroPageError::CmdlineTooLong { len, max } => write!(
+                f,
+                "command line of {} bytes exceeds the kernel's cmdline_size {}",
+                len, max
+            ),
+        }
+    }
+}

@@ -28,6 +28,24 @@ pub const KEY_MAX_CPUS: u16 = 0x000F;
 /// Key `FW_CFG_FILE_DIR`: the file directory (big-endian count, then 64-byte entries).
 pub const KEY_FILE_DIR: u16 = 0x0019;
 
+/// Key `FW_CFG_KERNEL_SIZE` (u32, little-endian): bytes of `-kernel`'s protected-mode
+/// part ([`KEY_KERNEL_DATA`]); 0 or absent without `-kernel`.
+pub const KEY_KERNEL_SIZE: u16 = 0x0008;
+/// Key `FW_CFG_INITRD_SIZE` (u32, little-endian): bytes of `-initrd` ([`KEY_INITRD_DATA`]).
+pub const KEY_INITRD_SIZE: u16 = 0x000b;
+/// Key `FW_CFG_KERNEL_DATA`: the kernel image after its setup sectors.
+pub const KEY_KERNEL_DATA: u16 = 0x0011;
+/// Key `FW_CFG_INITRD_DATA`: the initrd.
+pub const KEY_INITRD_DATA: u16 = 0x0012;
+/// Key `FW_CFG_CMDLINE_SIZE` (u32, little-endian): bytes of `-append` with its NUL.
+pub const KEY_CMDLINE_SIZE: u16 = 0x0014;
+/// Key `FW_CFG_CMDLINE_DATA`: the NUL-terminated `-append` string.
+pub const KEY_CMDLINE_DATA: u16 = 0x0015;
+/// Key `FW_CFG_SETUP_SIZE` (u32, little-endian): bytes of the setup sectors.
+pub const KEY_SETUP_SIZE: u16 = 0x0017;
+/// Key `FW_CFG_SETUP_DATA`: the image's setup sectors, header fields patched by QEMU.
+pub const KEY_SETUP_DATA: u16 = 0x0018;
+
 /// [`KEY_ID`] bit 1: the DMA interface exists.
 pub const ID_DMA: u32 = 1 << 1;
 

@@ -137,6 +137,8 @@ pub enum Command {
         /// Width of the value in bytes.
         size: u8,
     },
+    /// Command 0: QEMU pads its script with zeroed entries up to a page.
+    Padding,
     /// A command this loader does not know; skipped, as SeaBIOS and edk2 do.
     Unknown(u32),
 }
@@ -279,6 +281,7 @@ pub fn parse_entry(raw: &[u8]) -> Result<Command, ErrorKind> {
             src_offset: u32_at(120)?,
             size: u8_at(124)?,
         },
+        0 => Command::Padding,
         other => Command::Unknown(other),
     })
 }
@@ -308,6 +311,8 @@ pub struct Plan {
     pub size: u64,
     /// Entries in the script.
     pub entries: usize,
+    /// Padding entries (command 0).
+    pub padding: usize,
     /// Entries with unknown commands (skipped).
     pub unknown: usize,
     /// WRITE_POINTER entries.
@@ -370,6 +375,7 @@ pub fn plan<P: PortIo>(
         count: 0,
         size: 0,
         entries: 0,
+        padding: 0,
         unknown: 0,
         write_pointers: 0,
     };
@@ -455,6 +461,7 @@ pub fn plan<P: PortIo>(
                 check_range(&dest, dst_offset.into(), size.into(), d.size).map_err(&err)?;
                 p.write_pointers += 1;
             }
+            Command::Padding => p.padding += 1,
             Command::Unknown(_) => p.unknown += 1,
         }
     }
@@ -571,7 +578,7 @@ pub fn run<P: PortIo>(
                     .ok_or(err(range(offset.into(), 1)))?;
                 *c = c.wrapping_sub(sum);
             }
-            Command::WritePointer { .. } | Command::Unknown(_) => {}
+            Command::WritePointer { .. } | Command::Padding | Command::Unknown(_) => {}
         }
     }
     // Only now, with the area complete, tell QEMU where things are.
