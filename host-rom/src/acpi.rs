@@ -39,7 +39,13 @@ pub fn load(cfg: &FwCfg<'_, HwPorts>, top: u64, floor: u64) -> Option<Tables> {
     // The first selection of an ACPI file makes QEMU build the tables, which may resize
     // its files: read the directory again afterwards.
     cfg.select(f.key);
-    let f = cfg.find_file(FILE_TABLE_LOADER)?;
+    let Some(f) = cfg.find_file(FILE_TABLE_LOADER) else {
+        log::error!(
+            "ACPI: {} vanished from fw_cfg; no ACPI tables",
+            FILE_TABLE_LOADER
+        );
+        return None;
+    };
     let mut script = SCRIPT.lock();
     let len = f.size as usize;
     let Some(buf) = script.get_mut(..len).filter(|_| len > 0) else {
@@ -66,9 +72,9 @@ pub fn load(cfg: &FwCfg<'_, HwPorts>, top: u64, floor: u64) -> Option<Tables> {
         Ok(p) => p,
         Err(e) => {
             log::error!(
-                "ACPI: {} rejected at entry {:?}: {:?}; booting without ACPI tables",
+                "ACPI: {} rejected ({}): {:?}; booting without ACPI tables",
                 FILE_TABLE_LOADER,
-                e.entry,
+                Where(e.entry),
                 e.kind
             );
             return None;
@@ -99,6 +105,18 @@ pub fn load(cfg: &FwCfg<'_, HwPorts>, top: u64, floor: u64) -> Option<Tables> {
     Some(tables)
 }
 
+/// Which entry of the script an error is about.
+struct Where(Option<usize>);
+
+impl core::fmt::Display for Where {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(i) => write!(f, "entry {}", i),
+            None => write!(f, "whole script"),
+        }
+    }
+}
+
 /// Run the checked script; the RSDP's address if everything succeeded.
 fn run(
     cfg: &FwCfg<'_, HwPorts>,
@@ -109,9 +127,9 @@ fn run(
 ) -> Option<u64> {
     if let Err(e) = table_loader::run(cfg, script, plan, area, base) {
         log::error!(
-            "ACPI: {} failed at entry {:?}: {:?}; booting without ACPI tables",
+            "ACPI: {} failed ({}): {:?}; booting without ACPI tables, the area stays reserved",
             FILE_TABLE_LOADER,
-            e.entry,
+            Where(e.entry),
             e.kind
         );
         return None;
