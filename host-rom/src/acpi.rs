@@ -3,9 +3,9 @@
 //! the memory map then reserves as ACPI. The payload learns the RSDP's address from the
 //! coreboot tables (`LB_TAG_ACPI_RSDP`), Linux from its zero page.
 //!
-//! Runs after the SMI feature negotiation (long before: in `hand_off`), because QEMU
-//! generates its DSDT, the CPU hotplug AML included, from the features negotiated when
-//! the tables are first selected (`docs/protocol.md#ordering-rules`).
+//! Runs in `hand_off`, long after the SMI feature negotiation: QEMU generates its DSDT,
+//! the CPU hotplug AML included, from the features negotiated when the tables are first
+//! selected (`docs/protocol.md#ordering-rules`).
 //!
 //! A malformed script is logged and the boot goes on without ACPI tables: they are the
 //! OS's business, SMM is locked by now, and a payload that needs them reports it.

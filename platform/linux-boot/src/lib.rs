@@ -1,9 +1,9 @@
 //! The x86 Linux boot protocol, as far as the host ROM uses it to start a bzImage at its
 //! 64-bit entry: checking the setup header ([`parse_header`]), choosing where the kernel
 //! and the initrd go in the RAM of an e820 map ([`place`]), and writing the zero page,
-//! `struct boot_params` ([`write_zero_page`]). Byte offsets are the kernel's
-//! (`arch/x86/include/uapi/asm/bootparam.h`, documented in the kernel's boot protocol
-//! text). No I/O here: the caller reads the image and enters it.
+//! `struct boot_params` ([`write_zero_page`]). Byte offsets are those of the kernel's
+//! `struct boot_params` and `struct setup_header` ([`offset`]). No I/O here: the caller
+//! reads the image and enters it.
 #![no_std]
 
 /// Offset of the setup header in the image's first sector and in the zero page.
