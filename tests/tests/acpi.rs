@@ -122,3 +122,35 @@ fn hostile_table_loader_scripts_are_rejected_and_the_boot_goes_on_without_acpi()
     odd[120] = 3;
     hostile(&[alloc16, odd], "(entry 1): PointerWidth(3)");
 }
+
+#[test]
+fn write_pointer_tells_qemu_where_the_vmgenid_guid_lives() {
+    host_rom_only!();
+    // vmgenid adds a WRITE_POINTER: QEMU learns the GUID buffer's address from the ROM
+    // and writes the GUID there, at offset 40.
+    let cfg = VmConfig::new("1,maxcpus=2")
+        .with_qmp()
+        .arg("-device")
+        .arg("vmgenid,guid=12345678-1234-1234-1234-123456789abc")
+        .fw_cfg("opt/host-rom/loglevel", "debug")
+        .fw_cfg("opt/payload/stay", "1");
+    let mut vm = Vm::start(&cfg).expect("start QEMU");
+    let result = vm.wait_for_line("RESULT:", T).expect("payload result");
+    assert!(result.starts_with("RESULT: PASS"), "{}", vm.output());
+    let line = vm
+        .wait_for_line_containing("ACPI: \"etc/vmgenid_guid\"", T)
+        .expect("the ROM places the GUID buffer");
+    let addr = line
+        .rsplit("at 0x")
+        .next()
+        .and_then(|a| u64::from_str_radix(a.trim(), 16).ok())
+        .expect("address");
+    let q = vm.qmp.as_mut().expect("QMP");
+    let mem = q.hmp(&format!("xp /4wx {:#x}", addr + 40)).expect("xp");
+    assert!(
+        mem.contains("0x12345678 0x12341234 0x34123412 0xbc9a7856"),
+        "GUID at {:#x}: {mem}\n{}",
+        addr + 40,
+        vm.output()
+    );
+}
