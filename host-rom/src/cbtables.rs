@@ -1,11 +1,12 @@
-//! coreboot tables (`LBIO`): memory map, serial console, and a forward record at 0x500,
-//! in the layout libpayload and coreboot-aware payloads parse.
+//! coreboot tables (`LBIO`): memory map, serial console, the ACPI RSDP's address, and a
+//! forward record at 0x500, in the layout libpayload and coreboot-aware payloads parse.
 
 use crate::memmap::Map;
 
 const TAG_MEMORY: u32 = 0x0001;
 const TAG_SERIAL: u32 = 0x000F;
 const TAG_FORWARD: u32 = 0x0011;
+const TAG_ACPI_RSDP: u32 = 0x0043;
 const HEADER_BYTES: usize = 24;
 const FORWARD_ADDR: u64 = 0x500;
 
@@ -56,11 +57,12 @@ fn finish_header(buf: &mut [u8], table_len: usize, entries: u32) {
 }
 
 /// Write the tables at `base` (reserved as TABLE in `map`) and the forward record at
-/// 0x500. Returns the address the payload gets.
+/// 0x500; with `rsdp`, an `LB_TAG_ACPI_RSDP` record as coreboot writes on qemu-q35.
+/// Returns the address the payload gets.
 ///
 /// # Safety
 /// `base..base + size` and 0x500..0x530 must be firmware-owned RAM.
-pub unsafe fn write(base: u64, size: usize, map: &Map) -> u64 {
+pub unsafe fn write(base: u64, size: usize, map: &Map, rsdp: Option<u64>) -> u64 {
     // SAFETY: the caller owns the range.
     let buf = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, size) };
     buf.fill(0);
@@ -88,6 +90,13 @@ pub unsafe fn write(base: u64, size: usize, map: &Map) -> u64 {
     w.u32(1_843_200); // input clock
     w.u32(0);
     w.entries += 1;
+
+    if let Some(rsdp) = rsdp {
+        w.u32(TAG_ACPI_RSDP);
+        w.u32(16);
+        w.u64(rsdp);
+        w.entries += 1;
+    }
 
     let (len, entries) = (w.len, w.entries);
     finish_header(buf, len, entries);

@@ -7,7 +7,8 @@
 //! serial → PCI sanity → PMBASE → fw_cfg → RAM map → CPU hotplug block count →
 //! 0x9C query → SMI feature negotiation → APs up → TSEG layout for every possible CPU →
 //! serialized SMBASE relocation → per-CPU check → end of the boot phase → first-SMI
-//! handler + locks → coreboot tables → payload.
+//! handler + locks → QEMU's ACPI tables → memory map and coreboot tables → payload: Linux
+//! when QEMU has `-kernel`, else the ELF payload.
 //!
 //! Two images are built from this crate: the production ROM (`build/host-rom.rom`) and
 //! the test image (`build/host-rom-test.rom`, cargo feature `test-knobs`), which alone
@@ -16,9 +17,11 @@
 
 extern crate fw_rt;
 
+mod acpi;
 mod cbtables;
 mod entry;
 mod knobs;
+mod linux;
 mod logger;
 mod memmap;
 mod mp;
@@ -40,7 +43,7 @@ use smm_handler::layout::{tseg, window};
 use smm_handler::slots::MAX_SLOTS;
 
 use knobs::Knobs;
-use memmap::{Range, RESERVED, TABLE};
+use memmap::{Range, ACPI, RESERVED, TABLE};
 
 /// isa-debug-exit (iobase 0xf4): QEMU exits with (value << 1) | 1. The payload uses
 /// 0x10 (exit 33) for PASS and 0x11 (35) for FAIL; the ROM uses 0x12 (37) when it stops.
@@ -233,8 +236,9 @@ fn count_cpus(cfg: &FwCfg<'_, HwPorts>) -> CpuTopology {
 
 /// Negotiate the SMI features the shared policy allows (`smm_handler::arming`); returns
 /// the granted bits. Test knobs: with the window left open nothing is negotiated (CPU
-/// hotplug never goes with an open window); the no-SMM baseline asks for everything QEMU
-/// supports, so that QEMU allows CPU `device_add` on a machine without SMM.
+/// hotplug never goes with an open window); the no-SMM baseline negotiates nothing, as a
+/// firmware without SMM (SeaBIOS) does: QEMU then allows CPU `device_add` and `device_del`
+/// and its AML ejects a CPU itself (status bit 3) instead of asking SMM.
 fn negotiate(cfg: &FwCfg<'_, HwPorts>, topo: &CpuTopology, window: bool, knobs: &Knobs) -> u64 {
     if knobs.leave_window_open {
         log::warn!(
@@ -242,11 +246,11 @@ fn negotiate(cfg: &FwCfg<'_, HwPorts>, topo: &CpuTopology, window: bool, knobs: 
         );
         return 0;
     }
-    let wanted = if knobs.no_smm_baseline {
-        fw_cfg::SMI_FEATURE_BROADCAST
-            | fw_cfg::SMI_FEATURE_CPU_HOTPLUG
-            | fw_cfg::SMI_FEATURE_CPU_HOT_UNPLUG
-    } else {
+    if knobs.no_smm_baseline {
+        log::warn!("BASELINE: SMI features not negotiated (a firmware without SMM)");
+        return 0;
+    }
+    let wanted = {
         let policy =
             arming::feature_policy(window, topo.possible, MAX_SLOTS as u32, topo.max_apic_id());
         for r in &policy.refusals {
@@ -310,45 +314,28 @@ fn start_aps(topo: &CpuTopology) -> Cpus<'_> {
     }
 }
 
-/// coreboot tables with the memory map, then the payload.
+/// QEMU's ACPI tables, the memory map and coreboot tables, then the payload: Linux when
+/// QEMU has `-kernel`, else the ELF payload.
 fn hand_off(cfg: &FwCfg<'_, HwPorts>, mem: &Memory) -> ! {
-    let (tseg_base, tables_base) = (u64::from(mem.tseg_base), mem.tables_base);
-    let reserved = [
-        Range {
-            start: 0,
-            end: memmap::LOW_TABLE_END,
-            kind: TABLE,
-        },
-        Range {
-            start: u64::from(window::RESERVED.base),
-            end: u64::from(window::RESERVED.end()),
-            kind: RESERVED,
-        },
-        Range {
-            start: 0xA0000,
-            end: 0x10_0000,
-            kind: RESERVED,
-        },
-        Range {
-            start: memmap::FIRMWARE_WINDOW.0,
-            end: memmap::FIRMWARE_WINDOW.1,
-            kind: RESERVED,
-        },
-        Range {
-            start: tables_base,
-            end: tseg_base,
-            kind: TABLE,
-        },
-        Range {
-            start: tseg_base,
-            end: tseg_base + u64::from(tseg::SIZE),
-            kind: RESERVED,
-        },
-    ];
-    let map = memmap::build(&mem.ram, &reserved);
-    // SAFETY: the tables range and 0x500 are reserved for firmware tables above.
-    let table = unsafe { cbtables::write(tables_base, memmap::TABLES_SIZE as usize, &map) };
-    let entry = load_payload(cfg, &map, tables_base);
+    let acpi = acpi::load(cfg, mem.tables_base, memmap::FIRMWARE_WINDOW.1);
+    let map = memory_map(mem, acpi.as_ref());
+    let rsdp = acpi.as_ref().and_then(|a| a.rsdp);
+    let tables_base = mem.tables_base;
+    // SAFETY: the tables range and 0x500 are reserved for firmware tables in `map`.
+    let table = unsafe { cbtables::write(tables_base, memmap::TABLES_SIZE as usize, &map, rsdp) };
+    if linux::requested(cfg) {
+        let kernel = linux::load(cfg, &map, rsdp).unwrap_or_else(|e| fatal!("Linux: {}", e));
+        mp::park_all();
+        log::info!(
+            "entering Linux at {:#x} (zero page at {:#x}, ACPI RSDP {:#x})",
+            kernel.entry(),
+            kernel.zero_page(),
+            rsdp.unwrap_or(0)
+        );
+        kernel.enter()
+    }
+    let payload_top = acpi.as_ref().map_or(tables_base, |a| a.base);
+    let entry = load_payload(cfg, &map, payload_top);
     mp::park_all();
     log::info!(
         "entering payload at {:#x} (coreboot tables at {:#x})",
@@ -356,6 +343,53 @@ fn hand_off(cfg: &FwCfg<'_, HwPorts>, mem: &Memory) -> ! {
         table
     );
     payload::enter(entry, table, PAYLOAD_STACK_TOP)
+}
+
+/// The one memory map every payload gets: QEMU's RAM minus what the firmware keeps (low
+/// tables, the default-SMBASE window and pen, the legacy BIOS area, the firmware window,
+/// the ACPI tables, the coreboot tables, TSEG).
+fn memory_map(mem: &Memory, acpi: Option<&acpi::Tables>) -> memmap::Map {
+    let (tseg_base, tables_base) = (u64::from(mem.tseg_base), mem.tables_base);
+    let acpi = acpi.map(|a| Range {
+        start: a.base,
+        end: a.end,
+        kind: ACPI,
+    });
+    let reserved = [
+        Some(Range {
+            start: 0,
+            end: memmap::LOW_TABLE_END,
+            kind: TABLE,
+        }),
+        Some(Range {
+            start: u64::from(window::RESERVED.base),
+            end: u64::from(window::RESERVED.end()),
+            kind: RESERVED,
+        }),
+        Some(Range {
+            start: 0xA0000,
+            end: 0x10_0000,
+            kind: RESERVED,
+        }),
+        Some(Range {
+            start: memmap::FIRMWARE_WINDOW.0,
+            end: memmap::FIRMWARE_WINDOW.1,
+            kind: RESERVED,
+        }),
+        acpi,
+        Some(Range {
+            start: tables_base,
+            end: tseg_base,
+            kind: TABLE,
+        }),
+        Some(Range {
+            start: tseg_base,
+            end: tseg_base + u64::from(tseg::SIZE),
+            kind: RESERVED,
+        }),
+    ];
+    let reserved: heapless::Vec<Range, 8> = reserved.into_iter().flatten().collect();
+    memmap::build(&mem.ram, &reserved)
 }
 
 /// SMM the way coreboot's SMM stage sets it up; any failure stops the boot.
@@ -453,11 +487,12 @@ fn end_boot_phase(tseg_base: u32, module: &smm::rmod::Rmod<'_>) {
 }
 
 /// Load `opt/cbpayload` from fw_cfg when QEMU provides it, else the built-in payload.
-fn load_payload(cfg: &FwCfg<'_, HwPorts>, map: &memmap::Map, tables_base: u64) -> u32 {
+/// `top`: the first byte the firmware keeps above payload RAM.
+fn load_payload(cfg: &FwCfg<'_, HwPorts>, map: &memmap::Map, top: u64) -> u32 {
     if let Some(f) = cfg.find_file(PAYLOAD_FILE) {
         let size = u64::from(f.size);
-        // Stage the ELF at the top of payload RAM, just below the coreboot tables.
-        let stage = (tables_base - size) & !0xFFF;
+        // Stage the ELF at the top of payload RAM, just below the firmware's tables.
+        let stage = top.saturating_sub(size) & !0xFFF;
         if size == 0 || !memmap::is_usable(map, stage, stage + size) {
             fatal!(
                 "payload {} ({} bytes) does not fit in RAM",

@@ -6,6 +6,8 @@ pub const TAG_MEMORY: u32 = 0x0001;
 pub const TAG_SERIAL: u32 = 0x000F;
 /// Record tag of a pointer to the real table (`LB_TAG_FORWARD`).
 pub const TAG_FORWARD: u32 = 0x0011;
+/// Record tag of the ACPI RSDP's address (`LB_TAG_ACPI_RSDP`).
+pub const TAG_ACPI_RSDP: u32 = 0x0043;
 
 /// One memory-map entry.
 #[derive(Clone, Copy, Debug)]
@@ -14,7 +16,7 @@ pub struct MemRange {
     pub start: u64,
     /// Length in bytes.
     pub size: u64,
-    /// Type: 1 = RAM, 2 = reserved, 16 = coreboot table, others.
+    /// Type: 1 = RAM, 2 = reserved, 3 = ACPI, 16 = coreboot table, others.
     pub kind: u32,
 }
 
@@ -28,6 +30,8 @@ pub struct Tables {
     pub memory_len: usize,
     /// The serial port's I/O base, if the tables describe one.
     pub serial_port: Option<u32>,
+    /// The ACPI RSDP's address, if the tables give one.
+    pub rsdp: Option<u64>,
 }
 
 /// Read a little-endian dword at `addr`.
@@ -78,6 +82,7 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
             }; 32],
             memory_len: 0,
             serial_port: None,
+            rsdp: None,
         };
         let mut rec = ptr + 24;
         let mut forward = None;
@@ -103,6 +108,9 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
                     t.memory_len = count;
                 }
                 TAG_SERIAL => t.serial_port = Some(rd32(rec + 12)),
+                TAG_ACPI_RSDP if size >= 16 => {
+                    t.rsdp = Some(u64::from(rd32(rec + 8)) | u64::from(rd32(rec + 12)) << 32)
+                }
                 _ => {}
             }
             rec += u64::from(size);

@@ -187,6 +187,7 @@ fn memory_map(r: &mut Report, tables: &cbtables::Tables) {
         let kind = match m.kind {
             1 => "RAM",
             2 => "reserved",
+            3 => "ACPI",
             16 => "table",
             _ => "other",
         };
@@ -202,6 +203,22 @@ fn memory_map(r: &mut Report, tables: &cbtables::Tables) {
             .iter()
             .any(|m| m.kind != 1 && m.start <= a && b <= m.start + m.size)
     };
+    // Informational: the ACPI tables are the OS's business, not an SMM check.
+    match tables.rsdp {
+        Some(rsdp) if rsdp < 0xFFFF_0000 => {
+            // SAFETY: the firmware says an RSDP (at least 20 bytes) is there; the payload
+            // runs on an identity map of the low 4 GiB.
+            let sig = unsafe { core::ptr::read_unaligned(rsdp as *const [u8; 8]) };
+            println!(
+                "payload: ACPI RSDP at {:#x} (signature {}, in a reserved range: {})",
+                rsdp,
+                if &sig == b"RSD PTR " { "ok" } else { "BAD" },
+                reserved(rsdp, rsdp + 20)
+            );
+        }
+        Some(rsdp) => println!("payload: ACPI RSDP at {:#x} (not below 4 GiB)", rsdp),
+        None => println!("payload: no ACPI RSDP in the coreboot tables"),
+    }
     let smbase_window = window::RESERVED;
     r.check(
         "memmap-reserves-smbase-window",
@@ -283,7 +300,14 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
     memory_map(&mut r, &tables);
     // Before anything else reads the SMI files (R1).
     renegotiate::attempt(&mut r);
-    smi_features(&mut r);
+    if smm_present() {
+        smi_features(&mut r);
+    } else {
+        r.skip(
+            "smi-features",
+            format_args!("no SMM: a firmware without SMM negotiates no SMI features"),
+        );
+    }
 
     let tseg = smram::check(&mut r, &tables);
     cpus::check(&mut r, &tables);

@@ -203,6 +203,28 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
+/// The host ROM's TSEG base, from its `SMRAM locked: TSEG 0x…+1 MiB` line.
+pub fn tseg_base(console: &str) -> Option<u64> {
+    let l = console
+        .lines()
+        .find_map(|l| l.split("SMRAM locked: TSEG 0x").nth(1))?;
+    u64::from_str_radix(l.split('+').next()?, 16).ok()
+}
+
+/// `(APIC ID, slot)` of each `relocated APIC ID a to slot s` line SMM printed.
+pub fn relocations(console: &str) -> Vec<(u32, u32)> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let r = l.split("[SMM INFO ] relocated APIC ID ").nth(1)?;
+            let mut w = r.split_whitespace();
+            let apic = w.next()?.parse().ok()?;
+            let slot = w.nth(2)?.parse().ok()?;
+            Some((apic, slot))
+        })
+        .collect()
+}
+
 /// The value of `key=value` in a `GUEST: ` line, e.g. `field(line, "apic")`.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     line.split_whitespace()

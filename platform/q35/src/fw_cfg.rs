@@ -28,11 +28,31 @@ pub const KEY_MAX_CPUS: u16 = 0x000F;
 /// Key `FW_CFG_FILE_DIR`: the file directory (big-endian count, then 64-byte entries).
 pub const KEY_FILE_DIR: u16 = 0x0019;
 
+/// Key `FW_CFG_KERNEL_SIZE` (u32, little-endian): bytes of `-kernel`'s protected-mode
+/// part ([`KEY_KERNEL_DATA`]); 0 or absent without `-kernel`.
+pub const KEY_KERNEL_SIZE: u16 = 0x0008;
+/// Key `FW_CFG_INITRD_SIZE` (u32, little-endian): bytes of `-initrd` ([`KEY_INITRD_DATA`]).
+pub const KEY_INITRD_SIZE: u16 = 0x000b;
+/// Key `FW_CFG_KERNEL_DATA`: the kernel image after its setup sectors.
+pub const KEY_KERNEL_DATA: u16 = 0x0011;
+/// Key `FW_CFG_INITRD_DATA`: the initrd.
+pub const KEY_INITRD_DATA: u16 = 0x0012;
+/// Key `FW_CFG_CMDLINE_SIZE` (u32, little-endian): bytes of `-append` with its NUL.
+pub const KEY_CMDLINE_SIZE: u16 = 0x0014;
+/// Key `FW_CFG_CMDLINE_DATA`: the NUL-terminated `-append` string.
+pub const KEY_CMDLINE_DATA: u16 = 0x0015;
+/// Key `FW_CFG_SETUP_SIZE` (u32, little-endian): bytes of the setup sectors.
+pub const KEY_SETUP_SIZE: u16 = 0x0017;
+/// Key `FW_CFG_SETUP_DATA`: the image's setup sectors, header fields patched by QEMU.
+pub const KEY_SETUP_DATA: u16 = 0x0018;
+
 /// [`KEY_ID`] bit 1: the DMA interface exists.
 pub const ID_DMA: u32 = 1 << 1;
 
 /// DMA control bit 1: read `length` bytes of the item into `address`.
 pub const DMA_CTL_READ: u32 = 0x02;
+/// DMA control bit 2: advance the item's data offset by `length` bytes without copying.
+pub const DMA_CTL_SKIP: u32 = 0x04;
 /// DMA control bit 3: select the item whose key is in bits 31:16 first.
 pub const DMA_CTL_SELECT: u32 = 0x08;
 /// DMA control bit 4: write `length` bytes from `address` into the item.
@@ -150,7 +170,11 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
     /// Look a file up by name in the directory ([`KEY_FILE_DIR`]). Keys are not stable
     /// across command lines, so files are always found by name.
     pub fn find_file(&self, name: &str) -> Option<FwCfgFile> {
-        let want = name.as_bytes();
+        self.find_file_bytes(name.as_bytes())
+    }
+
+    /// [`Self::find_file`] for a name given as bytes (e.g. taken from a QEMU script).
+    pub fn find_file_bytes(&self, want: &[u8]) -> Option<FwCfgFile> {
         if want.is_empty() || want.len() >= FILE_NAME_LEN {
             return None;
         }
@@ -227,6 +251,23 @@ impl<'a, P: PortIo> FwCfg<'a, P> {
         }
         let control = (u32::from(file.key) << 16) | DMA_CTL_SELECT | DMA_CTL_WRITE;
         self.dma(control, data.as_ptr() as u64, data.len() as u32)
+    }
+
+    /// Write `data` into a file at `offset` (select, skip `offset` bytes, write). QEMU
+    /// refuses a write that runs past the end of the file or into a read-only file.
+    pub fn write_file_at(
+        &self,
+        file: FwCfgFile,
+        offset: u32,
+        data: &[u8],
+    ) -> Result<(), FwCfgError> {
+        let end = u64::from(offset) + data.len() as u64;
+        if data.is_empty() || end > u64::from(file.size) {
+            return Err(FwCfgError::BadLength);
+        }
+        let select = (u32::from(file.key) << 16) | DMA_CTL_SELECT;
+        self.dma(select | DMA_CTL_SKIP, 0, offset)?;
+        self.dma(DMA_CTL_WRITE, data.as_ptr() as u64, data.len() as u32)
     }
 
     /// Find `name` and read it as a little-endian u64 (files of exactly 8 bytes).

@@ -14,5 +14,6 @@ pub mod mch;
 pub mod pci;
 pub mod pmtimer;
 pub mod serial;
+pub mod table_loader;
 
 pub use io::PortIo;

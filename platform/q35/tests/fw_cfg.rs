@@ -204,6 +204,37 @@ fn write_file_with_a_length_other_than_the_file_size_is_rejected_up_front() {
 }
 
 #[test]
+fn write_file_at_changes_only_the_bytes_at_the_offset() {
+    let sim = sim_with_files();
+    let cfg = FwCfg::detect(&sim).unwrap();
+    let f = cfg.find_file("opt/test/scratch").unwrap();
+    cfg.write_file_at(f, 3, b"abc").unwrap();
+    assert_eq!(
+        sim.fw_cfg_file("opt/test/scratch").unwrap(),
+        b"\0\0\0abc\0\0"
+    );
+    cfg.write_file_at(f, 0, b"12345678").unwrap();
+    assert_eq!(sim.fw_cfg_file("opt/test/scratch").unwrap(), b"12345678");
+}
+
+#[test]
+fn write_file_at_past_the_end_or_empty_is_rejected_up_front() {
+    let sim = sim_with_files();
+    let cfg = FwCfg::detect(&sim).unwrap();
+    let f = cfg.find_file("opt/test/scratch").unwrap();
+    assert_eq!(cfg.write_file_at(f, 6, b"abc"), Err(FwCfgError::BadLength));
+    assert_eq!(
+        cfg.write_file_at(f, u32::MAX, b"a"),
+        Err(FwCfgError::BadLength)
+    );
+    assert_eq!(cfg.write_file_at(f, 0, b""), Err(FwCfgError::BadLength));
+    // A read-only file: QEMU sets the error bit.
+    let ro = cfg.find_file("opt/test/greeting").unwrap();
+    assert_eq!(cfg.write_file_at(ro, 1, b"x"), Err(FwCfgError::DmaError));
+    assert_eq!(sim.fw_cfg_file("opt/test/scratch").unwrap(), [0u8; 8]);
+}
+
+#[test]
 fn write_longer_than_the_file_gets_the_dma_error_bit_from_qemu() {
     // Lie about the size so the driver's own check passes and QEMU has to refuse:
     // 9 bytes into the 8-byte file (a DMA write must fit the file exactly).
