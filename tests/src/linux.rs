@@ -8,10 +8,12 @@
 //! - `LINUX_GUEST_REQUIRED=1`: a missing guest fails the tests instead of skipping them
 //!   (for CI, which runs `scripts/linux-guest` first).
 
-use crate::{workspace_root, VmConfig};
+use crate::{qmp, workspace_root, Vm, VmConfig};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// The guest's `/init`, relative to the workspace root.
 pub const INIT_SCRIPT: &str = "tests/guest/init";
@@ -201,6 +203,205 @@ fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// Boot to `GUEST: ready` under TCG takes 5-6 s on an idle machine; other QEMU tests may
+/// share the two cores.
+pub const BOOT: Duration = Duration::from_secs(120);
+/// One hot-add or hot-remove: well under a second when idle.
+pub const STEP: Duration = Duration::from_secs(30);
+
+/// Which firmware setup a guest runs on.
+pub enum Side {
+    /// The host ROM's test image with SMM (the product), on this QEMU (default `$QEMU`).
+    Smm(Option<PathBuf>),
+    /// The same image without SMM on this QEMU (the baseline knob).
+    NoSmm(PathBuf),
+}
+
+/// A booted guest: the VM, the ROM's TSEG base (SMM side) and how many `GUEST: status`
+/// answers it gave so far.
+pub struct Guest {
+    /// The running VM.
+    pub vm: Vm,
+    tseg: Option<u64>,
+    statuses: usize,
+    smrams: usize,
+}
+
+/// Boot `g` with `-smp smp` and `append` on `side`'s firmware and wait for `GUEST: ready`.
+pub fn boot(g: &LinuxGuest, smp: &str, append: &str, side: Side) -> Guest {
+    let mut cfg = g.vm_config(smp, append).test_image().with_qmp();
+    match side {
+        Side::Smm(q) => cfg.qemu = q,
+        Side::NoSmm(q) => {
+            cfg.qemu = Some(q);
+            cfg.smm = false;
+            cfg = cfg.fw_cfg(crate::KNOB_NO_SMM.0, crate::KNOB_NO_SMM.1);
+        }
+    }
+    let qemu_name = match &cfg.qemu {
+        Some(q) => crate::check_qemu(q).unwrap_or_default(),
+        None => crate::qemu_version(),
+    };
+    let mut vm = Vm::start(&cfg).expect("start QEMU");
+    let ready = vm
+        .wait_for_line("GUEST: ready", BOOT)
+        .unwrap_or_else(|e| panic!("{e}\n{}\n--- stderr ---\n{}", vm.output(), vm.stderr()));
+    eprintln!(
+        "{} on {}: {ready} after {:?}",
+        g.kernel_package,
+        qemu_name,
+        vm.started.elapsed()
+    );
+    assert_eq!(field(&ready, "cpus"), field(&ready, "present"), "{ready}");
+    let tseg = tseg_base(&vm.output());
+    Guest {
+        vm,
+        tseg,
+        statuses: 0,
+        smrams: 0,
+    }
+}
+
+impl Guest {
+    /// The VM's QMP connection.
+    pub fn qmp(&mut self) -> &mut qmp::Qmp {
+        self.vm.qmp.as_mut().unwrap()
+    }
+
+    /// The `n`-th complete console line starting with `prefix` (1-based), waited for.
+    pub fn nth_line(&mut self, prefix: &str, n: usize) -> String {
+        self.vm
+            .wait_for_lines(prefix, n, STEP)
+            .unwrap_or_else(|e| panic!("{prefix}: {e}\n{}", self.vm.output()))
+            .pop()
+            .unwrap()
+    }
+
+    /// The guest's `status` answer: (online, present).
+    pub fn status(&mut self) -> (String, String) {
+        self.vm.send_console("status").expect("console");
+        self.statuses += 1;
+        let st = self.nth_line("GUEST: status ", self.statuses);
+        (
+            field(&st, "cpus").unwrap_or("").to_string(),
+            field(&st, "present").unwrap_or("").to_string(),
+        )
+    }
+
+    /// Plug `n` free CPU slots back to back as `{prefix}0`, `{prefix}1`, …; returns their
+    /// `query-hotpluggable-cpus` entries and when the first was sent.
+    pub fn plug(&mut self, n: usize, prefix: &str) -> (Vec<serde_json::Value>, Instant) {
+        let q = self.qmp();
+        let free = q.free_cpus().expect("query-hotpluggable-cpus");
+        assert!(free.len() >= n, "only {} free CPU slots", free.len());
+        let t = Instant::now();
+        for (i, cpu) in free.iter().take(n).enumerate() {
+            q.device_add_cpu(cpu, &format!("{prefix}{i}"))
+                .expect("device_add");
+        }
+        (free.into_iter().take(n).collect(), t)
+    }
+
+    /// Wait for `GUEST: online` lines number `from + 1 ..= from + n`; each must say the
+    /// pinned task ran there. Returns (CPU number, APIC ID) per line.
+    pub fn onlined(&mut self, from: usize, n: usize) -> Vec<(u32, u32)> {
+        let lines = self
+            .vm
+            .wait_for_lines("GUEST: online ", from + n, STEP)
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.vm.output()));
+        lines[from..]
+            .iter()
+            .map(|l| {
+                assert_eq!(field(l, "pinned"), Some("ok"), "{l}");
+                let num = |k| field(l, k).and_then(|v| v.parse().ok());
+                (
+                    num("cpu").unwrap_or_else(|| panic!("{l}")),
+                    num("apic").unwrap_or_else(|| panic!("{l}")),
+                )
+            })
+            .collect()
+    }
+
+    /// `device_del` of `id`; waits for the `nth` `GUEST: gone` line and QEMU's deletion.
+    /// Returns device_del → gone line.
+    pub fn remove(&mut self, id: &str, nth: usize) -> Duration {
+        let t = Instant::now();
+        let sent = crate::unplug::device_del(self.qmp(), id).expect("device_del");
+        self.nth_line("GUEST: gone ", nth);
+        let to_gone = t.elapsed();
+        crate::unplug::wait_deleted(self.qmp(), id, sent, STEP).expect("DEVICE_DELETED");
+        assert!(
+            !crate::unplug::plugged(self.qmp(), id).unwrap(),
+            "QEMU still lists {id}"
+        );
+        to_gone
+    }
+
+    /// SMRAM as the OS sees it must still be locked: 0x9C locked, SMRAMC with D_LCK and
+    /// without D_OPEN, TSEG enabled, TSEG and the window read all-ones.
+    pub fn assert_smram_locked(&mut self, when: &str) {
+        let Some(tseg) = self.tseg else { return };
+        self.vm
+            .send_console(&format!("smram {tseg:#x}"))
+            .expect("console");
+        self.smrams += 1;
+        let l = self.nth_line("GUEST: smram ", self.smrams);
+        let hex = |k: &str| {
+            field(&l, k)
+                .and_then(|v| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok())
+                .unwrap_or_else(|| panic!("{k} in {l}"))
+        };
+        let smramc = hex("smramc");
+        assert!(
+            hex("mch9c") == 0x02
+                && smramc & 0x10 != 0
+                && smramc & 0x40 == 0
+                && hex("esmramc") & 1 != 0
+                && hex("tseg") == 0xffff_ffff
+                && hex("window") == 0xffff_ffff,
+            "SMRAM not locked {when}: {l}"
+        );
+    }
+
+    /// Every CPU Linux reports online with these APIC IDs was relocated by SMM into a slot
+    /// of its own (SMM's log on the same console).
+    pub fn assert_own_slots(&self, apics: &[u32]) {
+        let out = self.vm.output();
+        let rel = relocations(&out);
+        for a in apics {
+            assert!(
+                rel.iter().any(|(ra, _)| ra == a),
+                "SMM did not relocate APIC ID {a}: {rel:?}\n{out}"
+            );
+        }
+        // The last relocation of each APIC ID is its current slot; no two share one.
+        let mut last = std::collections::BTreeMap::new();
+        for (a, s) in rel {
+            last.insert(a, s);
+        }
+        let slots: BTreeSet<u32> = last.values().copied().collect();
+        assert_eq!(slots.len(), last.len(), "two CPUs in one slot: {last:?}");
+        assert!(
+            !slots.contains(&0),
+            "a hot-added CPU in the boot CPU's slot: {last:?}"
+        );
+    }
+
+    /// No `GUEST: error` line; power the guest off.
+    pub fn finish(mut self) {
+        assert!(
+            !self.vm.output().contains("GUEST: error"),
+            "{}",
+            self.vm.output()
+        );
+        self.vm.send_console("poweroff").unwrap();
+        let o = self.vm.wait_exit(STEP);
+        if std::env::var_os("QEMU_TESTS_SHOW").is_some() {
+            eprintln!("--- serial ---\n{}", o.output);
+        }
+    }
 }
 
 /// The host ROM's TSEG base, from its `SMRAM locked: TSEG 0x…+1 MiB` line.
