@@ -227,10 +227,23 @@ pub struct Guest {
     tseg: Option<u64>,
     statuses: usize,
     smrams: usize,
+    /// One Linux guest at a time per test process ([`ONE_AT_A_TIME`]).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+/// Linux guests of one test process run one after the other: two guests of four vCPUs on
+/// a two-core machine starve each other under TCG, and QEMU 7.2.22 then stalls a guest's
+/// CPU offlining for tens of seconds (`docs/qemu.md#q-offline-stall`).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A removal under TCG on a loaded machine: Debian's 7.2.22 was seen to take 22 s
+/// (`docs/qemu.md#q-offline-stall`).
+pub const REMOVE_STEP: Duration = Duration::from_secs(90);
 
 /// Boot `g` with `-smp smp` and `append` on `side`'s firmware and wait for `GUEST: ready`.
 pub fn boot(g: &LinuxGuest, smp: &str, append: &str, side: Side) -> Guest {
+    // A test that panicked while holding the turn leaves it poisoned; the turn itself is fine.
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut cfg = g.vm_config(smp, append).test_image().with_qmp();
     match side {
         Side::Smm(q) => cfg.qemu = q,
@@ -261,6 +274,7 @@ pub fn boot(g: &LinuxGuest, smp: &str, append: &str, side: Side) -> Guest {
         tseg,
         statuses: 0,
         smrams: 0,
+        _turn: turn,
     }
 }
 
@@ -272,11 +286,34 @@ impl Guest {
 
     /// The `n`-th complete console line starting with `prefix` (1-based), waited for.
     pub fn nth_line(&mut self, prefix: &str, n: usize) -> String {
-        self.vm
-            .wait_for_lines(prefix, n, STEP)
-            .unwrap_or_else(|e| panic!("{prefix}: {e}\n{}", self.vm.output()))
-            .pop()
-            .unwrap()
+        self.wait_line(prefix, n, STEP)
+    }
+
+    /// [`Self::nth_line`] with its own bound.
+    fn wait_line(&mut self, prefix: &str, n: usize, bound: Duration) -> String {
+        match self.vm.wait_for_lines(prefix, n, bound) {
+            Ok(mut l) => l.pop().unwrap(),
+            Err(e) => panic!(
+                "{prefix}: {e}\n--- CPUs (QEMU's view) ---\n{}\n--- console ---\n{}",
+                self.cpu_states(),
+                self.vm.output()
+            ),
+        }
+    }
+
+    /// Each CPU's RIP, halt and SMM state from HMP `info registers -a` (for failures).
+    fn cpu_states(&mut self) -> String {
+        let Some(q) = self.vm.qmp.as_mut() else {
+            return "no QMP".into();
+        };
+        match q.hmp("info registers -a") {
+            Ok(r) => r
+                .lines()
+                .filter(|l| l.starts_with("CPU#") || l.starts_with("RIP=") || l.contains("SMM="))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Err(e) => e,
+        }
     }
 
     /// The guest's `status` answer: (online, present).
@@ -329,8 +366,11 @@ impl Guest {
     pub fn remove(&mut self, id: &str, nth: usize) -> Duration {
         let t = Instant::now();
         let sent = crate::unplug::device_del(self.qmp(), id).expect("device_del");
-        self.nth_line("GUEST: gone ", nth);
+        self.wait_line("GUEST: gone ", nth, REMOVE_STEP);
         let to_gone = t.elapsed();
+        if to_gone > Duration::from_secs(10) {
+            eprintln!("slow removal of {id}: {to_gone:?} (docs/qemu.md#q-offline-stall)");
+        }
         crate::unplug::wait_deleted(self.qmp(), id, sent, STEP).expect("DEVICE_DELETED");
         assert!(
             !crate::unplug::plugged(self.qmp(), id).unwrap(),

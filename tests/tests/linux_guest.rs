@@ -16,6 +16,21 @@ use qemu_tests::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+/// Whether one guest may see more than one CPU removed: on Debian's 7.2.22 a second
+/// removal after an eject can stall the guest on a loaded machine, with any firmware
+/// (`docs/qemu.md#q-offline-stall`), so there each guest loses one CPU; 10.0.2 removes
+/// them all.
+fn several_removals() -> bool {
+    let several = unplug::qemu_replugs(&qemu_binary().unwrap());
+    if !several {
+        eprintln!(
+            "one removal per guest on {} (docs/qemu.md#q-offline-stall)",
+            qemu_version()
+        );
+    }
+    several
+}
+
 #[test]
 fn linux_onlines_a_cpu_smm_relocated_ejects_it_on_device_del_and_takes_it_back() {
     host_rom_only!();
@@ -86,6 +101,14 @@ fn three_cpus_added_back_to_back_come_online_in_slots_of_their_own_and_all_three
     v.assert_own_slots(&[1, 2, 3]);
     assert_eq!(v.status(), ("0-3".into(), "0-3".into()));
     v.assert_smram_locked("after three hot-adds");
+    if !several_removals() {
+        v.remove("hp1", 1);
+        assert_eq!(v.status(), ("0-1,3".into(), "0-1,3".into()));
+        assert_eq!(unplug::cpu_count(v.qmp()).unwrap(), 3);
+        v.assert_smram_locked("after a hot-remove");
+        v.finish();
+        return;
+    }
     for (i, id) in ["hp1", "hp0", "hp2"].iter().enumerate() {
         v.remove(id, i + 1);
     }
@@ -170,6 +193,12 @@ fn without_init_onlining_it_a_hot_added_cpu_stays_offline_and_an_offline_cpu_is_
     v.vm.send_console("offline 2").unwrap();
     v.nth_line("GUEST: offline cpu=2", 1);
     let gone2 = v.remove("hp1", 1);
+    if !several_removals() {
+        assert_eq!(v.status(), ("0-1".into(), "0-1".into()));
+        v.assert_smram_locked("after the removal");
+        v.finish();
+        return;
+    }
     let gone1 = v.remove("hp0", 2);
     eprintln!(
         "timing ({}): device_del -> gone: offline CPU {gone2:?}, online CPU {gone1:?}",
