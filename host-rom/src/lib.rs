@@ -118,6 +118,11 @@ extern "C" fn rom_main() -> ! {
         log::warn!("BASELINE: no SMM set up at all (benchmark baseline only)");
     } else {
         setup_smm(&cpus, granted, mem.tseg_base, default_window, &knobs);
+        // QEMU must still report what was negotiated (nothing with the open-window knob).
+        if granted != 0 {
+            arming::check_features(&cfg, granted)
+                .unwrap_or_else(|e| fatal!("SMI features after the locks: {:?}", e));
+        }
     }
     hand_off(&cfg, &mem)
 }

@@ -10,7 +10,9 @@ use core::ptr::read_volatile;
 
 use crate::first_smi;
 use crate::layout::window;
-use q35::fw_cfg::{SMI_FEATURE_BROADCAST, SMI_FEATURE_CPU_HOTPLUG, SMI_FEATURE_CPU_HOT_UNPLUG};
+use q35::fw_cfg::{
+    self, FwCfg, SMI_FEATURE_BROADCAST, SMI_FEATURE_CPU_HOTPLUG, SMI_FEATURE_CPU_HOT_UNPLUG,
+};
 use q35::io::PortIo;
 use q35::mch::{self, Mch};
 
@@ -102,6 +104,15 @@ pub enum ArmError {
     SmramNotLocked(u8),
     /// TSEG reads as RAM from outside SMM after the lock; the dword read.
     TsegVisible(u32),
+    /// An attempt to open SMRAM (D_OPEN without D_LCK, as an OS would write) changed
+    /// SMRAMC; the value read after it.
+    SmramOpenable(u8),
+    /// An attempt to turn TSEG off (ESMRAMC 0) changed ESMRAMC; the value read after it.
+    TsegDisableable(u8),
+    /// QEMU's view of the SMI features (`etc/smi/requested-features`, `features-ok`)
+    /// is not what this firmware negotiated; the features QEMU reports (`u64::MAX` when
+    /// it reports none or not OK).
+    FeaturesChanged(u64),
 }
 
 impl ArmError {
@@ -112,6 +123,9 @@ impl ArmError {
             ArmError::WindowStillVisible(_) => -6,
             ArmError::SmramNotLocked(_) => -7,
             ArmError::TsegVisible(_) => -8,
+            ArmError::SmramOpenable(_) => -9,
+            ArmError::TsegDisableable(_) => -10,
+            ArmError::FeaturesChanged(_) => -11,
         }
     }
 }
@@ -137,9 +151,13 @@ pub unsafe fn install_and_lock_window<P: PortIo>(ports: &P) -> Result<(), ArmErr
     Ok(())
 }
 
-/// Check from outside SMM that SMRAM is closed and locked (D_LCK set, D_OPEN clear), that
-/// TSEG at `tseg_base` (when given) reads all-ones, and that the default-SMBASE window is
-/// locked when `window_expected`.
+/// The fail-closed gate before the OS runs, from outside SMM. It tests rather than reads
+/// back, because a machine without SMM (QEMU `smm=off`) keeps the registers and their
+/// lock bits: SMRAMC must say closed and locked (D_LCK set, D_OPEN clear) and ignore an
+/// attempt to open it (D_OPEN without D_LCK), ESMRAMC must ignore an attempt to turn TSEG
+/// off, TSEG at `tseg_base` (when given) must read all-ones, and when `window_expected`
+/// the default-SMBASE window must be locked (MCH 0x9C) and read all-ones too. A register
+/// that did change is written back before the error returns.
 pub fn check_locked<P: PortIo>(
     ports: &P,
     tseg_base: Option<u32>,
@@ -150,6 +168,19 @@ pub fn check_locked<P: PortIo>(
     if s & mch::SMRAMC_D_LCK == 0 || s & mch::SMRAMC_D_OPEN != 0 {
         return Err(ArmError::SmramNotLocked(s));
     }
+    m.set_smramc((s | mch::SMRAMC_D_OPEN) & !mch::SMRAMC_D_LCK);
+    let after = m.smramc();
+    if after != s {
+        m.set_smramc(s);
+        return Err(ArmError::SmramOpenable(after));
+    }
+    let e = m.esmramc();
+    m.set_esmramc(0);
+    let after = m.esmramc();
+    if after != e {
+        m.set_esmramc(e);
+        return Err(ArmError::TsegDisableable(after));
+    }
     if let Some(base) = tseg_base {
         // SAFETY: reading TSEG from outside SMM; the MCH must return all-ones.
         let v = unsafe { read_volatile(base as usize as *const u32) };
@@ -157,10 +188,28 @@ pub fn check_locked<P: PortIo>(
             return Err(ArmError::TsegVisible(v));
         }
     }
-    if window_expected && !m.default_smbase_smram_locked() {
-        return Err(ArmError::WindowNotLocked(m.raw_default_smbase_smram()));
+    if window_expected {
+        if !m.default_smbase_smram_locked() {
+            return Err(ArmError::WindowNotLocked(m.raw_default_smbase_smram()));
+        }
+        // SAFETY: reading an ordinary physical address; locked, it reads all-ones.
+        let v = unsafe { read_volatile(window::WINDOW.base as usize as *const u32) };
+        if v != u32::MAX {
+            return Err(ArmError::WindowStillVisible(v));
+        }
     }
     Ok(())
+}
+
+/// The gate's check of the SMI features: QEMU must report exactly `negotiated` as
+/// requested and accepted (features-ok 1), so no later write changed them behind the
+/// firmware's back (R1).
+pub fn check_features<P: PortIo>(cfg: &FwCfg<'_, P>, negotiated: u64) -> Result<(), ArmError> {
+    match fw_cfg::read_smi_features(cfg) {
+        Some((_, requested, 1)) if requested == negotiated => Ok(()),
+        Some((_, requested, 1)) => Err(ArmError::FeaturesChanged(requested)),
+        _ => Err(ArmError::FeaturesChanged(u64::MAX)),
+    }
 }
 
 #[cfg(test)]

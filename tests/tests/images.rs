@@ -238,3 +238,29 @@ fn the_baseline_on_a_machine_without_smm_negotiates_nothing_and_device_add_works
     has(&o.output, "payload: SMRAM is not locked: no SMM");
     has(&o.output, "CHECK hotplug-count: PASS 1 of 1");
 }
+
+/// The fail-closed gate tests the locks instead of reading them back: on a machine without
+/// SMM (10.0.2's `smm=off` keeps the MCH registers and their lock bits but no SMRAM) the
+/// production ROM must stop before the payload, never saying SMRAM is locked. Where
+/// `smm=off` keeps SMM (Debian's 7.2.22), the ROM locks it for real and the payload's own
+/// checks from the OS side must agree.
+#[test]
+fn on_a_machine_without_smm_the_rom_never_claims_smram_locked() {
+    host_rom_only!();
+    let mut cfg = VmConfig::new("1,maxcpus=2").production_image();
+    cfg.smm = false;
+    let o = boot(&cfg, T);
+    if o.output.contains("SMRAM locked") {
+        eprintln!(
+            "{}: smm=off keeps SMM; the payload checks the locks",
+            qemu_version()
+        );
+        o.assert_pass();
+        return;
+    }
+    assert_eq!(o.code(), Some(EXIT_FIRMWARE_FATAL), "{}", o.output);
+    let fatal = lines_with(&o.output, "[ERROR] host-rom: FATAL: ");
+    assert_eq!(fatal.len(), 1, "{}", o.output);
+    lacks(&o.output, "payload: entered");
+    eprintln!("{}: smm=off stops the boot: {}", qemu_version(), fatal[0]);
+}

@@ -50,12 +50,23 @@ void bootmem_platform_add_ranges(void)
 	bootmem_add_range(base, size, BM_MEM_RESERVED);
 }
 
-/* Fail closed, whatever MP init did: never hand over with SMRAM open or unlocked. */
+/*
+ * Fail closed, whatever MP init did: before the payload, try to open SMRAM and to turn
+ * TSEG off, read TSEG and the default-SMBASE window from outside SMM, and compare QEMU's
+ * view of the SMI features; a machine without SMM (QEMU smm=off) keeps the registers and
+ * their lock bits, so reading them back proves nothing.
+ */
 static void cpu_hotplug_check_smram_locked(void *unused)
 {
-	if (!rust_cpu_hotplug_smram_locked())
-		die("CPU hotplug: SMRAM is open or unlocked; not starting the payload\n");
-	printk(BIOS_INFO, "CPU hotplug: SMRAM closed and locked, default SMBASE locked\n");
+	uintptr_t tseg_base;
+	size_t tseg_size;
+	int ret;
+
+	smm_region(&tseg_base, &tseg_size);
+	ret = rust_cpu_hotplug_check_locks(tseg_base, console_write);
+	if (ret != 0)
+		die("CPU hotplug: SMRAM is not locked (%d); not starting the payload\n", ret);
+	printk(BIOS_INFO, "CPU hotplug: SMRAM tested closed and locked, default SMBASE locked\n");
 }
 
 BOOT_STATE_INIT_ENTRY(BS_PAYLOAD_LOAD, BS_ON_ENTRY, cpu_hotplug_check_smram_locked, NULL);

@@ -68,7 +68,7 @@ int rust_cpu_hotplug_present_cpus(void);
 int rust_cpu_hotplug_possible_cpus(void);
 int rust_cpu_hotplug_post_mp_init(uint16_t *apic_id_to_cpu, uint32_t log_level,
 				  rust_console_write_fn console);
-int rust_cpu_hotplug_smram_locked(void);
+int rust_cpu_hotplug_check_locks(uint32_t tseg_base, rust_console_write_fn console);
 void rust_cpu_hotplug_reserved_range(uint32_t *base, uint32_t *size);
 
 /* Rust, smm */

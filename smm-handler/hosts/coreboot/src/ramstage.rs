@@ -227,11 +227,59 @@ pub unsafe extern "C" fn rust_cpu_hotplug_post_mp_init(
     0
 }
 
-/// The final fail-closed check before the payload: 1 when SMRAM is closed and locked
-/// (D_LCK) and, where QEMU has it, the default-SMBASE window is locked too.
+/// The fail-closed gate before the payload (`smm_handler::arming::check_locked` and
+/// `check_features`): it tries to open SMRAM and to turn TSEG off, reads TSEG at
+/// `tseg_base` and, where QEMU has it, the default-SMBASE window from outside SMM, and
+/// compares QEMU's view of the SMI features with what was negotiated. 0 when all holds,
+/// else the negative `ArmError` code after logging why (the caller stops the boot).
 #[no_mangle]
-pub extern "C" fn rust_cpu_hotplug_smram_locked() -> i32 {
-    i32::from(arming::check_locked(&HwPorts, None, state().default_window).is_ok())
+pub extern "C" fn rust_cpu_hotplug_check_locks(tseg_base: u32, console: ConsoleFn) -> i32 {
+    let c = RamConsole(console);
+    let st = state();
+    let tseg = (tseg_base != 0).then_some(tseg_base);
+    let mut result = arming::check_locked(&HwPorts, tseg, st.default_window);
+    if result.is_ok() && st.features != 0 {
+        result = match FwCfg::detect(&HwPorts) {
+            Ok(cfg) => arming::check_features(&cfg, st.features),
+            Err(_) => Err(arming::ArmError::FeaturesChanged(u64::MAX)),
+        };
+    }
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let (what, v) = match e {
+                arming::ArmError::SmramNotLocked(v) => {
+                    ("SMRAMC {:#x}: not closed and locked", u64::from(v))
+                }
+                arming::ArmError::SmramOpenable(v) => (
+                    "SMRAMC {:#x} after an attempt to open SMRAM: it opened",
+                    u64::from(v),
+                ),
+                arming::ArmError::TsegDisableable(v) => (
+                    "ESMRAMC {:#x} after an attempt to turn TSEG off: it changed",
+                    u64::from(v),
+                ),
+                arming::ArmError::TsegVisible(v) => (
+                    "TSEG reads {:#x} from outside SMM, not all-ones",
+                    u64::from(v),
+                ),
+                arming::ArmError::WindowNotLocked(v) => (
+                    "MCH 0x9C {:#x}: default-SMBASE window not locked",
+                    u64::from(v),
+                ),
+                arming::ArmError::WindowStillVisible(v) => (
+                    "default-SMBASE window reads {:#x}, not all-ones",
+                    u64::from(v),
+                ),
+                arming::ArmError::FeaturesChanged(v) => (
+                    "QEMU reports SMI features {:#x}, not what was negotiated",
+                    v,
+                ),
+            };
+            c.line(Level::Error, what, &[v]);
+            e.code()
+        }
+    }
 }
 
 /// The range the memory map must reserve: the default-SMBASE window and the pen page
