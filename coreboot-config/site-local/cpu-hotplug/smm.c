@@ -14,14 +14,21 @@
 #include <cpu/x86/smm.h>
 #include "rust_cpu_hotplug.h"
 
+/* Each slot's SMBASE, built once by the first lock holder: SMM's layout is fixed at boot. */
 static uint32_t slot_smbase[CONFIG_MAX_CPUS];
+static uint32_t slot_count;
 
 static void console_write(uint32_t level, const uint8_t *buf, size_t len)
 {
 	printk(rust_cpu_hotplug_bios_level(level), "%.*s", (int)len, (const char *)buf);
 }
 
-/* Each slot's save state ends at its SMBASE + 64 KiB. */
+/*
+ * Each slot's save state ends at its SMBASE + 64 KiB. The AMD64 save-state type on this
+ * Intel-chipset board is not a mistake: QEMU writes the AMD64-style map (revision
+ * 0x00020064) for every x86_64 CPU model, and qemu-q35's SMM code sizes save states
+ * with amd64_smm_state_save_area_t, so smm_get_save_state() points at that layout.
+ */
 static uint32_t slot_smbase_of(int cpu)
 {
 	const uint8_t *ss = smm_get_save_state(cpu);
@@ -41,15 +48,18 @@ int smm_cpu_must_return_early(int cpu)
 /* Called on the CPU holding the SMI lock. */
 static void fill_env(struct rust_cpu_hotplug_env *env)
 {
-	uint32_t n = 0;
-	while (n < CONFIG_MAX_CPUS && slot_smbase_of(n)) {
-		slot_smbase[n] = slot_smbase_of(n);
-		n++;
+	if (!slot_count) {
+		uint32_t n = 0;
+		while (n < CONFIG_MAX_CPUS && slot_smbase_of(n)) {
+			slot_smbase[n] = slot_smbase_of(n);
+			n++;
+		}
+		slot_count = n;
 	}
 
 	*env = (struct rust_cpu_hotplug_env){
 		.version = RUST_CPU_HOTPLUG_ENV_VERSION,
-		.slot_count = n,
+		.slot_count = slot_count,
 		.log_level = RUST_LOG_INFO,
 		.cpu = smm_lock_owner(),
 		.slot_smbase = slot_smbase,
