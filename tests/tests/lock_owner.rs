@@ -7,7 +7,7 @@
 //! payload's result, with `opt/payload/stay`).
 //!
 //! On the host ROM the owner-aware SMI lock is `smm_handler::entry::SmiLock`; on coreboot
-//! it is coreboot's own lock with patch 5 and the hooks of `coreboot-config/` (the
+//! it is coreboot's own lock with patch 6 and the hooks of `coreboot-config/` (the
 //! assertions on SMM's log lines are host-ROM-only). Against a lock without the takeover
 //! (only same-CPU recovery, 60 s bound) both tests fail: the INIT'd monarch never reaches the lock again
 //! (the slot stub sends a CPU in the INIT reset state to the pen), the ejected one no

@@ -9,6 +9,7 @@
 #include <bootstate.h>
 #include <console/console.h>
 #include <cpu/x86/smm.h>
+#include <mainboard/emulation/qemu-q35/q35.h>
 #include "rust_cpu_hotplug.h"
 
 static void console_write(uint32_t level, const uint8_t *buf, size_t len)
@@ -16,24 +17,24 @@ static void console_write(uint32_t level, const uint8_t *buf, size_t len)
 	printk(rust_cpu_hotplug_bios_level(level), "%.*s", (int)len, (const char *)buf);
 }
 
-void cpu_hotplug_pre_mp_init(void)
+void qemu_cpu_hotplug_pre_mp_init(void)
 {
 	int ret = rust_cpu_hotplug_pre_mp_init(CONFIG_MAX_CPUS, console_write);
 	if (ret < 0)
 		die("CPU hotplug: boot preparation failed (%d)\n", ret);
 }
 
-int cpu_hotplug_present_cpus(void)
+int qemu_cpu_hotplug_present_cpus(void)
 {
 	return rust_cpu_hotplug_present_cpus();
 }
 
-int cpu_hotplug_possible_cpus(void)
+int qemu_cpu_hotplug_possible_cpus(void)
 {
 	return rust_cpu_hotplug_possible_cpus();
 }
 
-void cpu_hotplug_post_mp_init(void)
+void qemu_cpu_hotplug_post_mp_init(void)
 {
 	uint16_t *table = smm_stub_live_params ? smm_stub_live_params->apic_id_to_cpu : NULL;
 	int ret = rust_cpu_hotplug_post_mp_init(table, RUST_LOG_INFO, console_write);

@@ -30,7 +30,7 @@ struct rust_cpu_hotplug_env {
 	uint32_t cpu;			/* the CPU holding the SMI lock (the caller) */
 	const uint32_t *slot_smbase;
 	rust_console_write_fn console_write;
-	rust_lock_owner_fn lock_owner;	/* smm_lock_owner() (patch 0005) */
+	rust_lock_owner_fn lock_owner;	/* smm_lock_owner() (patch 0006) */
 };
 
 _Static_assert(sizeof(struct rust_cpu_hotplug_env) == 40, "rust_cpu_hotplug_env size");
@@ -56,12 +56,6 @@ static inline int rust_cpu_hotplug_bios_level(uint32_t level)
 	}
 }
 
-/* qemu-q35 MP init hooks (ramstage.c), declared again in the qemu-q35 cpu.c patch. */
-void cpu_hotplug_pre_mp_init(void);
-int cpu_hotplug_present_cpus(void);
-int cpu_hotplug_possible_cpus(void);
-void cpu_hotplug_post_mp_init(void);
-
 /* Rust, ramstage */
 int rust_cpu_hotplug_pre_mp_init(uint32_t max_cpus, rust_console_write_fn console);
 int rust_cpu_hotplug_present_cpus(void);
@@ -74,7 +68,7 @@ void rust_cpu_hotplug_reserved_range(uint32_t *base, uint32_t *size);
 /* Rust, smm */
 void rust_cpu_hotplug_apmc(const struct rust_cpu_hotplug_env *env);
 int rust_cpu_hotplug_smi_entry(uint32_t cpu, uint32_t smbase, uint32_t diag_query);
-/* smm_lock_wait() and smm_lock_recovered() of patch 0005 */
+/* smm_lock_wait() and smm_lock_recovered() of patch 0006 */
 int rust_cpu_hotplug_lock_wait(int owner, int cpu, unsigned long spins);
 void rust_cpu_hotplug_lock_recovered(const struct rust_cpu_hotplug_env *env, int previous_owner);
 

@@ -4,7 +4,7 @@
  * northbridge_smi_handler() hook (run by the CPU holding the SMI lock), and every CPU
  * asks smm_cpu_must_return_early() before taking the lock; there, with
  * CPU_HOTPLUG_RUST_DIAG_QUERY, the Rust side also answers the diagnostic query.
- * The SMI lock hooks of patch 0005 go to Rust too: a waiter takes the lock over from an
+ * The SMI lock hooks of patch 0006 go to Rust too: a waiter takes the lock over from an
  * owner that stopped reporting progress (INIT'd in SMM, ejected) or gives up after a
  * bound, and the new owner finishes the interrupted relocation before the handlers.
  */

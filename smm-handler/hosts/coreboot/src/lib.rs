@@ -10,7 +10,7 @@
 //! its routing table. coreboot provides memcpy and friends, its SMI lock and the stack
 //! canary check.
 //!
-//! coreboot's SMI lock (patch 0005 in coreboot-config) records its owner and asks the
+//! coreboot's SMI lock (patch 0006 in coreboot-config) records its owner and asks the
 //! platform on each spin of a waiter: [`rust_cpu_hotplug_lock_wait`] decides from the
 //! monarch's [`Heartbeat`] (beaten on each poll of its waits, [`Host::still_monarch`]) when
 //! the owner is gone and a waiter takes over, and bounds every wait. The CPU that took the
@@ -93,7 +93,7 @@ static WAIT_START: [AtomicU64; MAX_SLOTS] = [const { AtomicU64::new(0) }; MAX_SL
 /// Per waiting CPU: when its current wait for the lock began (µs), for the overall bound.
 static WAIT_TOTAL_START: [AtomicU64; MAX_SLOTS] = [const { AtomicU64::new(0) }; MAX_SLOTS];
 
-/// [`rust_cpu_hotplug_lock_wait`]'s answers (`enum smm_lock_wait_action` of patch 0005).
+/// [`rust_cpu_hotplug_lock_wait`]'s answers (`enum smm_lock_wait_action` of patch 0006).
 pub const LOCK_WAIT: i32 = 0;
 /// The owner is gone: take the lock over and run the handlers (recovery first).
 pub const LOCK_TAKE_OVER: i32 = 1;
