@@ -255,15 +255,13 @@ fn negotiate(cfg: &FwCfg<'_, HwPorts>, topo: &CpuTopology, window: bool, knobs: 
         log::warn!("BASELINE: SMI features not negotiated (a firmware without SMM)");
         return 0;
     }
-    let wanted = {
-        let policy =
-            arming::feature_policy(window, topo.possible, MAX_SLOTS as u32, topo.max_apic_id());
-        for r in &policy.refusals {
-            let (t, args) = r.template();
-            logger::line(log::Level::Warn, t, &args);
-        }
-        policy.wanted
-    };
+    let policy =
+        arming::feature_policy(window, topo.possible, MAX_SLOTS as u32, topo.max_apic_id());
+    for r in &policy.refusals {
+        let (t, args) = r.template();
+        logger::line(log::Level::Warn, t, &args);
+    }
+    let wanted = policy.wanted;
     match fw_cfg::negotiate_smi_features(cfg, wanted) {
         Ok(Negotiation::Granted {
             supported,

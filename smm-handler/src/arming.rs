@@ -128,6 +128,37 @@ impl ArmError {
             ArmError::FeaturesChanged(_) => -11,
         }
     }
+
+    /// The log message as an SMM-style template with its argument (`crate::log`).
+    pub fn template(&self) -> (&'static str, [u64; 1]) {
+        match *self {
+            ArmError::WindowNotLocked(v) => (
+                "MCH 0x9C {:#x}: default-SMBASE window not locked",
+                [v.into()],
+            ),
+            ArmError::WindowStillVisible(v) => (
+                "default-SMBASE window reads {:#x} from outside SMM, not all-ones",
+                [v.into()],
+            ),
+            ArmError::SmramNotLocked(v) => ("SMRAMC {:#x}: not closed and locked", [v.into()]),
+            ArmError::TsegVisible(v) => (
+                "TSEG reads {:#x} from outside SMM, not all-ones",
+                [v.into()],
+            ),
+            ArmError::SmramOpenable(v) => (
+                "SMRAMC {:#x} after an attempt to open SMRAM: it opened",
+                [v.into()],
+            ),
+            ArmError::TsegDisableable(v) => (
+                "ESMRAMC {:#x} after an attempt to turn TSEG off: it changed",
+                [v.into()],
+            ),
+            ArmError::FeaturesChanged(v) => (
+                "QEMU reports SMI features {:#x}, not what was negotiated",
+                [v],
+            ),
+        }
+    }
 }
 
 /// Install the first-SMI handler, its context and the pen, lock the default-SMBASE window

@@ -247,36 +247,8 @@ pub extern "C" fn rust_cpu_hotplug_check_locks(tseg_base: u32, console: ConsoleF
     match result {
         Ok(()) => 0,
         Err(e) => {
-            let (what, v) = match e {
-                arming::ArmError::SmramNotLocked(v) => {
-                    ("SMRAMC {:#x}: not closed and locked", u64::from(v))
-                }
-                arming::ArmError::SmramOpenable(v) => (
-                    "SMRAMC {:#x} after an attempt to open SMRAM: it opened",
-                    u64::from(v),
-                ),
-                arming::ArmError::TsegDisableable(v) => (
-                    "ESMRAMC {:#x} after an attempt to turn TSEG off: it changed",
-                    u64::from(v),
-                ),
-                arming::ArmError::TsegVisible(v) => (
-                    "TSEG reads {:#x} from outside SMM, not all-ones",
-                    u64::from(v),
-                ),
-                arming::ArmError::WindowNotLocked(v) => (
-                    "MCH 0x9C {:#x}: default-SMBASE window not locked",
-                    u64::from(v),
-                ),
-                arming::ArmError::WindowStillVisible(v) => (
-                    "default-SMBASE window reads {:#x}, not all-ones",
-                    u64::from(v),
-                ),
-                arming::ArmError::FeaturesChanged(v) => (
-                    "QEMU reports SMI features {:#x}, not what was negotiated",
-                    v,
-                ),
-            };
-            c.line(Level::Error, what, &[v]);
+            let (what, args) = e.template();
+            c.line(Level::Error, what, &args);
             e.code()
         }
     }
