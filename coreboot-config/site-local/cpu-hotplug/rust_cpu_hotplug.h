@@ -12,6 +12,20 @@
 #define RUST_CPU_HOTPLUG_ENV_VERSION 4
 /* diag_query of rust_cpu_hotplug_smi_entry() that answers the diagnostic query ("DIAG"). */
 #define RUST_CPU_HOTPLUG_DIAG_QUERY_ON 0x44494147
+/* SMM slots the Rust handler tracks (smm_handler::slots::MAX_SLOTS): one per possible CPU. */
+#define RUST_CPU_HOTPLUG_MAX_SLOTS 64
+/* The Rust handler's deepest path plus coreboot's SMI entry need more than 2 KiB of stack. */
+#define RUST_CPU_HOTPLUG_MIN_SMM_STACK 0x1000
+
+/*
+ * site-local/Kconfig sets these two as defaults; it is sourced before src/cpu/ (coreboot's
+ * src/Kconfig loads it for user defaults and overrides). Should another default win, stop
+ * here rather than lay out SMM for CPUs the handler cannot track or overflow SMM stacks.
+ */
+_Static_assert(CONFIG_MAX_CPUS <= RUST_CPU_HOTPLUG_MAX_SLOTS,
+	       "CPU_HOTPLUG_RUST_SMM: MAX_CPUS is larger than the Rust handler's slot table");
+_Static_assert(CONFIG_SMM_MODULE_STACK_SIZE >= RUST_CPU_HOTPLUG_MIN_SMM_STACK,
+	       "CPU_HOTPLUG_RUST_SMM: SMM_MODULE_STACK_SIZE must be 0x1000 or more");
 
 /* Rust log levels (smm_handler::log::Level). */
 #define RUST_LOG_ERROR 1
