@@ -239,6 +239,10 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// A removal under TCG on a loaded machine: Debian's 7.2.22 was seen to take 22 s
 /// (`docs/qemu.md#q-offline-stall`).
 pub const REMOVE_STEP: Duration = Duration::from_secs(90);
+/// On a QEMU with 7.2's lost wakeup (`docs/qemu.md#q-offline-stall`), how long
+/// [`Guest::remove`] waits for the guest to report a removed CPU gone before it wakes the
+/// guest's CPUs with an NMI (and says so); it then waits [`REMOVE_STEP`] more.
+pub const NUDGE_AFTER: Duration = Duration::from_secs(30);
 
 /// Boot `g` with `-smp smp` and `append` on `side`'s firmware and wait for `GUEST: ready`.
 pub fn boot(g: &LinuxGuest, smp: &str, append: &str, side: Side) -> Guest {
@@ -366,7 +370,25 @@ impl Guest {
     pub fn remove(&mut self, id: &str, nth: usize) -> Duration {
         let t = Instant::now();
         let sent = crate::unplug::device_del(self.qmp(), id).expect("device_del");
-        self.wait_line("GUEST: gone ", nth, REMOVE_STEP);
+        if crate::unplug::qemu_replugs(&crate::qemu_binary().unwrap()) {
+            self.wait_line("GUEST: gone ", nth, REMOVE_STEP);
+        } else if self
+            .vm
+            .wait_for_lines("GUEST: gone ", nth, NUDGE_AFTER)
+            .is_err()
+        {
+            // 7.2's lost wakeup: a halted CPU misses the IPI another one waits for. An
+            // NMI wakes every CPU; Linux's idle loop then runs what was queued for it.
+            let states = self.cpu_states();
+            self.qmp()
+                .execute("inject-nmi", serde_json::json!({}))
+                .expect("inject-nmi");
+            eprintln!(
+                "no `GUEST: gone` {NUDGE_AFTER:?} after device_del {id}: woke the guest's CPUs \
+                 with an NMI (docs/qemu.md#q-offline-stall); QEMU's view was:\n{states}"
+            );
+            self.wait_line("GUEST: gone ", nth, REMOVE_STEP);
+        }
         let to_gone = t.elapsed();
         if to_gone > Duration::from_secs(10) {
             eprintln!("slow removal of {id}: {to_gone:?} (docs/qemu.md#q-offline-stall)");
