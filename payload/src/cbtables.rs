@@ -8,6 +8,8 @@ pub const TAG_SERIAL: u32 = 0x000F;
 pub const TAG_FORWARD: u32 = 0x0011;
 /// Record tag of the ACPI RSDP's address (`LB_TAG_ACPI_RSDP`).
 pub const TAG_ACPI_RSDP: u32 = 0x0043;
+/// Record tag of the CBMEM console's address (`LB_TAG_CBMEM_CONSOLE`).
+pub const TAG_CBMEM_CONSOLE: u32 = 0x0017;
 
 /// One memory-map entry.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +34,8 @@ pub struct Tables {
     pub serial_port: Option<u32>,
     /// The ACPI RSDP's address, if the tables give one.
     pub rsdp: Option<u64>,
+    /// The CBMEM console's address, if the tables give one.
+    pub cbmem_console: Option<u64>,
 }
 
 /// Read a little-endian dword at `addr`.
@@ -83,6 +87,7 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
             memory_len: 0,
             serial_port: None,
             rsdp: None,
+            cbmem_console: None,
         };
         let mut rec = ptr + 24;
         let mut forward = None;
@@ -110,6 +115,10 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
                 TAG_SERIAL => t.serial_port = Some(rd32(rec + 12)),
                 TAG_ACPI_RSDP if size >= 16 => {
                     t.rsdp = Some(u64::from(rd32(rec + 8)) | u64::from(rd32(rec + 12)) << 32)
+                }
+                TAG_CBMEM_CONSOLE if size >= 16 => {
+                    t.cbmem_console =
+                        Some(u64::from(rd32(rec + 8)) | u64::from(rd32(rec + 12)) << 32)
                 }
                 _ => {}
             }

@@ -233,6 +233,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
             if gpe {
                 ports.outb(pmbase + ich9::GPE0_STS, ich9::GPE0_CPU_HOTPLUG);
             }
+            crate::console::copy_smm_log();
             tm.delay_us(500);
             continue;
         }

@@ -298,6 +298,13 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
         }
     };
     memory_map(&mut r, &tables);
+    if let Some(c) = tables.cbmem_console {
+        console::SMM_LOG.start(c);
+        println!(
+            "payload: SMM log lines from the CBMEM console at {:#x} follow on this console",
+            c
+        );
+    }
     // Before anything else reads the SMI files (R1).
     renegotiate::attempt(&mut r);
     if smm_present() {

@@ -292,6 +292,7 @@ impl Os<'_> {
                 ports.outb(pmbase + ich9::GPE0_STS, ich9::GPE0_CPU_HOTPLUG);
             }
             if inserts.is_empty() && ejects.is_empty() {
+                crate::console::copy_smm_log();
                 self.tm.delay_us(500);
                 continue;
             }

@@ -18,6 +18,14 @@ use q35::lapic;
 /// Real-mode reset value of CR0 (CD, NW, ET) written into the return context; never
 /// derived from the saved CR0 (R16).
 pub const PEN_CR0: u32 = 0x6000_0010;
+/// The INIT reset state's CS selector and RIP (`docs/qemu.md#t1`), and CR0.PE.
+const INIT_CS_SELECTOR: u16 = 0xF000;
+const INIT_RIP: u64 = 0xFFF0;
+const CR0_PE: u32 = 1;
+/// Real-mode segment attributes of the pen's return context: present, DPL 0, code
+/// readable / data writable, accessed (`PCTX_CODE16`, `PCTX_DATA16` in the assembly).
+const PEN_CODE16: u16 = 0x009B;
+const PEN_DATA16: u16 = 0x0093;
 
 /// ICR low of the handler's SIPI to itself: shorthand self, level assert, STARTUP with
 /// the handler's page as vector.
@@ -215,6 +223,64 @@ impl Window for FixedWindow {
         // SAFETY: reading one byte of the reserved pen page (OS-writable: a hint only).
         unsafe { read_volatile((PEN.base + PEN_SIGNAL) as usize as *const u8) }
     }
+}
+
+/// Whether the save state of the CPU at `smbase` holds the INIT reset state: real-mode
+/// F000:FFF0 (`docs/qemu.md#t1`), what a CPU the OS sent INIT and then an SMI saves.
+/// RSM into it would run the firmware's reset code at OS time. The host ROM's slot stub
+/// checks the same in assembly before long mode; coreboot's stub has no such check, so
+/// the coreboot host makes it in its entry hook, before coreboot's SMI lock.
+///
+/// # Safety
+/// `smbase` must be the calling CPU's own SMBASE in SMRAM (its save state is there).
+pub unsafe fn in_init_reset_state(smbase: u32) -> bool {
+    let at = |off: u32| (smbase + off) as usize;
+    // SAFETY: the caller guarantees these fields are this CPU's own save state.
+    unsafe {
+        read_volatile(at(ss::CS + ss::SEG_SELECTOR) as *const u16) == INIT_CS_SELECTOR
+            && read_volatile(at(ss::RIP) as *const u64) == INIT_RIP
+            && read_volatile(at(ss::CR0) as *const u32) & CR0_PE == 0
+    }
+}
+
+/// Rewrite the save state of the CPU at `smbase` so that RSM lands in the pen, halted
+/// until the OS starts the CPU with INIT-SIPI-SIPI: the return context of
+/// `PEN_RETURN_CONTEXT` (`asm/pen_context.S`), field by field, every value a constant
+/// (R16). 64-bit fields are written as two dwords, as the assembly does.
+///
+/// # Safety
+/// As for [`in_init_reset_state`]; the CPU must leave SMM right after (RSM).
+pub unsafe fn return_to_pen(smbase: u32) {
+    let w16 = |off: u32, v: u16| {
+        // SAFETY: a field of this CPU's own save state (caller contract).
+        unsafe { write_volatile((smbase + off) as usize as *mut u16, v) }
+    };
+    let w32 = |off: u32, v: u32| {
+        // SAFETY: as above.
+        unsafe { write_volatile((smbase + off) as usize as *mut u32, v) }
+    };
+    let w64 = |off: u32, v: u64| {
+        w32(off, v as u32);
+        w32(off + 4, (v >> 32) as u32);
+    };
+    for seg in [ss::ES, ss::CS, ss::SS, ss::DS, ss::FS, ss::GS] {
+        w16(seg + ss::SEG_SELECTOR, 0);
+        w16(seg + ss::SEG_ATTRIBUTES, PEN_DATA16);
+        w32(seg + ss::SEG_LIMIT, 0xFFFF);
+        w64(seg + ss::SEG_BASE, 0);
+    }
+    w16(ss::CS + ss::SEG_SELECTOR, (PEN.base >> 4) as u16);
+    w16(ss::CS + ss::SEG_ATTRIBUTES, PEN_CODE16);
+    w64(ss::CS + ss::SEG_BASE, u64::from(PEN.base));
+    w64(ss::RIP, 0);
+    w64(ss::RFLAGS, 2);
+    w32(ss::CR0, PEN_CR0);
+    w64(ss::CR3, 0);
+    w32(ss::CR4, 0);
+    w64(ss::EFER, 0);
+    w32(ss::IDTR_LIMIT, 0x3FF);
+    w64(ss::IDTR_BASE, 0);
+    w32(ss::DR7, 0x400);
 }
 
 /// Zero the save state of the slot at `smbase` (a forgotten slot keeps nothing of the

@@ -107,6 +107,18 @@ pub fn testing_host_rom() -> bool {
     }
 }
 
+/// What the ROM under test prints for one fact: `host_rom`, the host ROM's words, or
+/// `coreboot`, those of a coreboot.rom built with `coreboot-config` (any ROM in `HOST_ROM`
+/// other than the host ROM's two images is taken for one), so line-level checks run on
+/// both.
+pub fn says<'a>(host_rom: &'a str, coreboot: &'a str) -> &'a str {
+    if testing_host_rom() {
+        host_rom
+    } else {
+        coreboot
+    }
+}
+
 /// Skip (pass with a note) a test of a host-ROM-only feature when another ROM is tested.
 #[macro_export]
 macro_rules! host_rom_only {

@@ -246,9 +246,12 @@ fn the_baseline_on_a_machine_without_smm_negotiates_nothing_and_device_add_works
 /// checks from the OS side must agree.
 #[test]
 fn on_a_machine_without_smm_the_rom_never_claims_smram_locked() {
-    host_rom_only!();
-    let mut cfg = VmConfig::new("1,maxcpus=2").production_image();
+    let mut cfg = VmConfig::new("1,maxcpus=2");
     cfg.smm = false;
+    if !testing_host_rom() {
+        return coreboot_never_claims_smram_locked(&cfg);
+    }
+    let cfg = cfg.production_image();
     let o = boot(&cfg, T);
     if o.output.contains("SMRAM locked") {
         eprintln!(
@@ -263,4 +266,41 @@ fn on_a_machine_without_smm_the_rom_never_claims_smram_locked() {
     assert_eq!(fatal.len(), 1, "{}", o.output);
     lacks(&o.output, "payload: entered");
     eprintln!("{}: smm=off stops the boot: {}", qemu_version(), fatal[0]);
+}
+
+/// The same on a coreboot.rom: its gate (`cpu_hotplug_check_smram_locked`) either claims
+/// the locks after testing them or `die()`s before the payload, which halts the machine.
+fn coreboot_never_claims_smram_locked(cfg: &VmConfig) {
+    let mut vm = Vm::start(cfg).unwrap();
+    let line = vm
+        .wait_for_line_containing("CPU hotplug: SMRAM ", T)
+        .unwrap_or_else(|e| panic!("{e}\n{}", vm.output()));
+    if line.contains("SMRAM tested closed and locked") {
+        eprintln!(
+            "{}: smm=off keeps SMM; the payload checks the locks",
+            qemu_version()
+        );
+        let o = vm.wait_exit(T);
+        o.assert_pass();
+        return;
+    }
+    assert!(
+        line.contains("SMRAM is not locked (") && line.contains("not starting the payload"),
+        "{line}\n{}",
+        vm.output()
+    );
+    // Give a payload that should not start the time to say so.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = vm.output();
+    lacks(&out, "payload: entered");
+    lacks(&out, "SMRAM tested closed and locked");
+    let why: Vec<&str> = out.lines().filter(|l| l.contains("[ERROR]")).collect();
+    assert!(
+        !why.is_empty(),
+        "no ERROR line says which test failed:\n{out}"
+    );
+    eprintln!(
+        "{}: smm=off stops the boot: {line} after {why:?}",
+        qemu_version()
+    );
 }

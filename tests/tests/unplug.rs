@@ -164,7 +164,6 @@ fn removing_a_hot_added_cpu_ejects_it_from_smm_and_qemu_deletes_the_device() {
     has(&out, "CHECK unplug-count: PASS 1 of 1");
     has(&out, "CHECK smram-locked-after-unplug: PASS");
     eprintln!("device_del -> DEVICE_DELETED: {lat:?} ({})", qemu_version());
-    host_rom_only!();
     has(&out, "[SMM INFO ] APMC 4: APIC ID 1 (slot 1) to be ejected");
     has(
         &out,
@@ -200,7 +199,6 @@ fn removing_three_cpus_one_eject_request_at_a_time() {
             "{out}"
         );
     }
-    host_rom_only!();
     assert_eq!(
         out.matches("[SMM INFO ] ejected APIC ID").count(),
         3,
@@ -227,7 +225,6 @@ fn removing_three_cpus_in_one_smi_ejects_all_of_them_before_the_smi_returns() {
         "{lines:?}"
     );
     qemu_view(&mut vm, &["hp0", "hp1", "hp2"], 1);
-    host_rom_only!();
     // One service planned all three before it ejected any.
     let plan = out.find("(slot 3) to be ejected").expect("three planned");
     let first_eject = out.find("[SMM INFO ] ejected APIC ID").expect("ejected");
@@ -304,7 +301,6 @@ fn add_remove_and_re_add_of_the_same_socket_is_relocated_again() {
     let q = vm.qmp.as_mut().unwrap();
     assert!(plugged(q, "hp0b").unwrap());
     assert_eq!(cpu_count(q).unwrap(), 2);
-    host_rom_only!();
     has(
         &out,
         "[SMM INFO ] APIC ID 1 is back at the default SMBASE: its old slot 1 freed",
@@ -339,7 +335,6 @@ fn removing_cpus_in_a_topology_with_apic_id_holes_ejects_the_right_ones() {
     gone_line(&l, 1);
     let out = result_pass(&mut vm);
     qemu_view(&mut vm, &["hp0", "hp1"], 1);
-    host_rom_only!();
     for apic in [1, 2, 4] {
         has(&out, &format!("[SMM INFO ] ejected APIC ID {apic};"));
     }
@@ -359,10 +354,8 @@ fn a_cpu_the_os_ejected_itself_is_found_gone_and_a_re_plug_is_relocated() {
     if replug {
         // The payload's APMC 4 after its own eject ran before its UNPLUG line (the SMI
         // returns after the service); the host ROM also logs what SMM found.
-        if testing_host_rom() {
-            vm.wait_for_line_containing("is gone (ejected by the OS)", T)
-                .unwrap();
-        }
+        vm.wait_for_line_containing("is gone (ejected by the OS)", T)
+            .unwrap();
         replug_or_defect(&mut vm, &added[0], "hp0b", 1).expect("re-plug on this QEMU");
     } else {
         eprintln!(
@@ -371,7 +364,6 @@ fn a_cpu_the_os_ejected_itself_is_found_gone_and_a_re_plug_is_relocated() {
         );
     }
     let out = result_pass(&mut vm);
-    host_rom_only!();
     has(
         &out,
         "[SMM INFO ] APIC ID 1 is gone (ejected by the OS); slot 1 kept for it until it is plugged again",
@@ -443,7 +435,6 @@ fn a_cpu_that_raises_its_own_eject_is_ejected_by_another_before_the_smi_returns(
     q.wait_event("DEVICE_DELETED", |d| deleted_event_of(d, "hp0"), T)
         .unwrap();
     qemu_view(&mut vm, &["hp0"], 1);
-    host_rom_only!();
     // Which CPU wins the SMI lock is a race (usually the target: it entered SMM first);
     // the simulation covers the target-monarch case deterministically
     // (smm-handler/tests/eject_sim.rs).
@@ -500,7 +491,6 @@ fn an_eject_request_while_a_hot_add_is_pending_does_both() {
         "eject request(s) handled while 1 insert event(s) pending",
     );
     qemu_view(&mut vm, &["hp0"], 2);
-    host_rom_only!();
     // The eject's SMI also relocated the pending CPU.
     let eject = out.find("[SMM INFO ] ejected APIC ID 1").expect("eject");
     let reloc = out.find("relocated APIC ID 2").expect("relocation");
@@ -549,7 +539,6 @@ fn twenty_add_remove_re_plug_cycles() {
         qemu_version(),
         lat[N / 2]
     );
-    host_rom_only!();
     assert_eq!(
         out.matches("relocated APIC ID 1 to slot 1").count(),
         N,

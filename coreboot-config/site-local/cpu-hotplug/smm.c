@@ -9,7 +9,9 @@
  * bound, and the new owner finishes the interrupted relocation before the handlers.
  */
 
+#include <console/cbmem_console.h>
 #include <console/console.h>
+#include <device/mmio.h>
 #include <cpu/amd/amd64_save_state.h>
 #include <cpu/x86/smm.h>
 #include "rust_cpu_hotplug.h"
@@ -18,9 +20,58 @@
 static uint32_t slot_smbase[CONFIG_MAX_CPUS];
 static uint32_t slot_count;
 
+/*
+ * The CBMEM console's format (what `cbmem -c` and payloads read through the coreboot
+ * table's LB_TAG_CBMEM_CONSOLE): a ring of `size` bytes after this header; the low 28
+ * bits of `cursor` are the next write position, bit 31 says the ring wrapped.
+ */
+struct cbmem_console_ring {
+	uint32_t size;
+	uint32_t cursor;
+	uint8_t body[];
+};
+#define CBMEM_RING_CURSOR_MASK ((1u << 28) - 1)
+#define CBMEM_RING_OVERFLOW (1u << 31)
+
+/*
+ * Append to the CBMEM console from SMM without DEBUG_SMI (which would also reinitialise
+ * the serial port the OS owns by now). The buffer is OS-writable RAM: only its address
+ * and size, which coreboot's loader put into SMRAM, are trusted; the header's size must
+ * match them and the cursor is bounded by that size before each byte.
+ */
+static void cbmem_console_write(const uint8_t *buf, size_t len)
+{
+	void *base;
+	size_t total;
+
+	smm_get_cbmemc_buffer(&base, &total);
+	struct cbmem_console_ring *ring = base;
+	if (!ring || total <= sizeof(*ring))
+		return;
+	const uint32_t size = total - sizeof(*ring);
+	if (read32(&ring->size) != size)
+		return;
+	for (size_t i = 0; i < len; i++) {
+		uint32_t cursor = read32(&ring->cursor);
+		uint32_t flags = cursor & ~CBMEM_RING_CURSOR_MASK;
+		cursor &= CBMEM_RING_CURSOR_MASK;
+		if (cursor >= size)
+			return;
+		ring->body[cursor++] = buf[i];
+		if (cursor == size) {
+			cursor = 0;
+			flags |= CBMEM_RING_OVERFLOW;
+		}
+		write32(&ring->cursor, flags | cursor);
+	}
+}
+
 static void console_write(uint32_t level, const uint8_t *buf, size_t len)
 {
-	printk(rust_cpu_hotplug_bios_level(level), "%.*s", (int)len, (const char *)buf);
+	if (CONFIG(DEBUG_SMI))
+		printk(rust_cpu_hotplug_bios_level(level), "%.*s", (int)len, (const char *)buf);
+	else if (CONFIG(CPU_HOTPLUG_RUST_LOG_CBMEM))
+		cbmem_console_write(buf, len);
 }
 
 /*

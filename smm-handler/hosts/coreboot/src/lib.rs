@@ -29,7 +29,7 @@ use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use q35::io::HwPorts;
 use smm_handler::boot_info::BootInfo;
 use smm_handler::entry::{self, Entry, Heartbeat, SmiEntries};
-use smm_handler::first_smi::{FixedWindow, Window};
+use smm_handler::first_smi::{self, FixedWindow, Window};
 use smm_handler::host::{Host, HostData, NO_ROUTE};
 use smm_handler::layout::window;
 use smm_handler::log::{Console, Level};
@@ -371,12 +371,26 @@ pub unsafe extern "C" fn rust_cpu_hotplug_lock_recovered(env: *const Env, previo
 pub const DIAG_QUERY_ON: u32 = 0x4449_4147;
 
 /// Called by every CPU at SMI entry, before coreboot's SMI lock, with its slot and that
-/// slot's SMBASE. Returns non-zero when the CPU is being relocated and must leave SMM at
-/// once (R12); never returns for a CPU that is to be ejected (it parks inside SMM).
+/// slot's SMBASE. Returns non-zero when the CPU must leave SMM at once: it is being
+/// relocated (R12), or it was INIT'd and now returns to the pen; never returns for a CPU
+/// that is to be ejected (it parks inside SMM).
 /// Otherwise, when `diag_query` is [`DIAG_QUERY_ON`], answers the read-only
 /// diagnostic query in this CPU's own save state (see `smm_handler::diag`).
 #[no_mangle]
 pub extern "C" fn rust_cpu_hotplug_smi_entry(cpu: u32, smbase: u32, diag_query: u32) -> i32 {
+    // A CPU the OS sent INIT and then an SMI saved the reset state: RSM would run
+    // coreboot's reset vector at OS time. coreboot's stub does not check this (the host
+    // ROM's does), so send the CPU to the pen here, before the lock, and leave.
+    // SAFETY: `smbase` is this CPU's own slot's SMBASE, from coreboot's save-state
+    // pointer for `cpu` (the glue's contract), so its save state is this CPU's own.
+    let init_state = smbase != 0
+        && (cpu as usize) < MAX_SLOTS
+        && unsafe { first_smi::in_init_reset_state(smbase) };
+    if init_state {
+        // SAFETY: as above; returning 1 makes the CPU leave SMM at once.
+        unsafe { first_smi::return_to_pen(smbase) };
+        return 1;
+    }
     let diag = diag_query == DIAG_QUERY_ON;
     match ENTRIES.begin(&HwPorts, &SLOTS, cpu, smbase, diag) {
         // To be ejected: halt here, before coreboot's SMI lock (R14).

@@ -150,6 +150,13 @@ pub extern "C" fn rust_cpu_hotplug_pre_mp_init(max_cpus: u32, console: ConsoleFn
         }
     }
     st.hotplug = st.features & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
+    if !st.hotplug {
+        c.line(
+            Level::Warn,
+            "CPU hotplug with SMM not negotiated: QEMU will refuse device_add of CPUs",
+            &[],
+        );
+    }
     i32::from(st.hotplug)
 }
 
@@ -221,8 +228,8 @@ pub unsafe extern "C" fn rust_cpu_hotplug_post_mp_init(
     }
     c.line(
         Level::Info,
-        "first-SMI handler installed, SMRAM at default SMBASE locked",
-        &[],
+        "first-SMI handler installed, SMRAM at default SMBASE locked, {} SMM slot(s)",
+        &[rust_cpu_hotplug_possible_cpus() as u64],
     );
     0
 }
