@@ -9,6 +9,7 @@
 #include <bootstate.h>
 #include <console/console.h>
 #include <cpu/x86/smm.h>
+#include <device/fw_cfg.h>
 #include <mainboard/emulation/qemu-q35/q35.h>
 #include "rust_cpu_hotplug.h"
 
@@ -16,6 +17,8 @@ static void console_write(uint32_t level, const uint8_t *buf, size_t len)
 {
 	printk(rust_cpu_hotplug_bios_level(level), "%.*s", (int)len, (const char *)buf);
 }
+
+#if !CONFIG(CPU_HOTPLUG_RUST_TEST_OPEN_WINDOW)
 
 void qemu_cpu_hotplug_pre_mp_init(void)
 {
@@ -41,6 +44,36 @@ void qemu_cpu_hotplug_post_mp_init(void)
 	if (ret < 0)
 		die("CPU hotplug: locking SMRAM at the default SMBASE failed (%d)\n", ret);
 }
+
+#else
+
+/*
+ * The negative-control test build (CPU_HOTPLUG_RUST_TEST_OPEN_WINDOW, never production):
+ * no SMI feature is negotiated at all and SMRAM at the default SMBASE stays open, so a
+ * CPU that QEMU still lets the OS plug runs OS code there in SMM. The attack test must
+ * then see TSEG leak; that it does not on the real build proves the lock is what stops it.
+ */
+void qemu_cpu_hotplug_pre_mp_init(void)
+{
+	printk(BIOS_WARNING, "INSECURE: SMI features not negotiated at all: the default-SMBASE "
+	       "window stays open (CPU_HOTPLUG_RUST_TEST_OPEN_WINDOW, a negative-control test build)\n");
+}
+
+int qemu_cpu_hotplug_present_cpus(void)
+{
+	return fw_cfg_boot_cpus();
+}
+
+int qemu_cpu_hotplug_possible_cpus(void)
+{
+	return fw_cfg_boot_cpus();
+}
+
+void qemu_cpu_hotplug_post_mp_init(void)
+{
+}
+
+#endif
 
 /* The default-SMBASE window and the pen page, as the Rust layout defines them. */
 void bootmem_platform_add_ranges(void)
