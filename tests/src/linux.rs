@@ -85,6 +85,37 @@ pub fn guest_or_skip() -> Option<LinuxGuest> {
     }
 }
 
+/// For the Linux guest tests: the guest, or `None` after printing why the test is skipped.
+/// On the host ROM that is [`guest_or_skip`]. A coreboot.rom in `HOST_ROM` boots Linux as
+/// its own payload, from CBFS, so the tests boot the ROM in `LINUX_ROM` instead (made by
+/// `coreboot-config/configure --linux-test`, whose command line is [`BASE_CMDLINE`] with
+/// `guest.timeout=`[`GUEST_TIMEOUT_S`]); a test that needs another command line
+/// (`extra_append`) cannot run there and says so.
+pub fn guest_for_this_rom(extra_append: &str) -> Option<LinuxGuest> {
+    if !crate::testing_host_rom() {
+        if coreboot_linux_rom().is_none() {
+            eprintln!(
+                "Linux guest test skipped: HOST_ROM is a coreboot.rom; set LINUX_ROM to one \
+                 that boots the guest (coreboot-config/configure --linux-test)"
+            );
+            return None;
+        }
+        if !extra_append.is_empty() {
+            eprintln!(
+                "Linux guest test skipped on coreboot: it needs the command line \
+                 {extra_append:?}, and LINUX_ROM has its own baked in"
+            );
+            return None;
+        }
+    }
+    guest_or_skip()
+}
+
+/// The coreboot.rom with the Linux guest as its payload (`LINUX_ROM`).
+pub fn coreboot_linux_rom() -> Option<PathBuf> {
+    std::env::var_os("LINUX_ROM").map(PathBuf::from)
+}
+
 fn load() -> Result<LinuxGuest, String> {
     let cache = cache_dir();
     let paths = cache.join("paths");
@@ -248,7 +279,16 @@ pub const NUDGE_AFTER: Duration = Duration::from_secs(30);
 pub fn boot(g: &LinuxGuest, smp: &str, append: &str, side: Side) -> Guest {
     // A test that panicked while holding the turn leaves it poisoned; the turn itself is fine.
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cfg = g.vm_config(smp, append).test_image().with_qmp();
+    let mut cfg = match coreboot_linux_rom().filter(|_| !crate::testing_host_rom()) {
+        Some(rom) => {
+            let mut cfg = VmConfig::new(smp).with_qmp();
+            cfg.firmware = crate::Firmware::Rom(rom);
+            cfg.mem_mb = 512;
+            cfg.console_input = true;
+            cfg
+        }
+        None => g.vm_config(smp, append).test_image().with_qmp(),
+    };
     match side {
         Side::Smm(q) => cfg.qemu = q,
         Side::NoSmm(q) => {
@@ -427,10 +467,44 @@ impl Guest {
         );
     }
 
-    /// Every CPU Linux reports online with these APIC IDs was relocated by SMM into a slot
-    /// of its own (SMM's log on the same console).
-    pub fn assert_own_slots(&self, apics: &[u32]) {
+    /// The console with SMM's log lines: the host ROM's SMM writes them to the serial
+    /// port; coreboot's (`CPU_HOTPLUG_RUST_LOG_CBMEM`) to the CBMEM console, which Linux's
+    /// built-in drivers do not show, so they are read from guest memory over QMP
+    /// (`pmemsave`) at the address coreboot's log gives and appended.
+    pub fn smm_log(&mut self) -> String {
         let out = self.vm.output();
+        if crate::testing_host_rom() {
+            return out;
+        }
+        let Some((addr, size)) = cbmem_console(&out) else {
+            panic!("no CBMEM console in coreboot's log (a CONSOLE line of its CBMEM list)\n{out}");
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("cbmem-console");
+        self.qmp()
+            .execute(
+                "pmemsave",
+                serde_json::json!({"val": addr, "size": size, "filename": file.display().to_string()}),
+            )
+            .expect("pmemsave");
+        let raw = std::fs::read(&file).expect("pmemsave file");
+        let text = cbmem_console_text(&raw);
+        let smm: Vec<&str> = text.lines().filter(|l| l.starts_with("[SMM ")).collect();
+        assert!(
+            !smm.is_empty() || !out.contains("GUEST: new "),
+            "no SMM lines in the CBMEM console: was LINUX_ROM built with \
+             CPU_HOTPLUG_RUST_LOG_CBMEM (configure --linux-test)?\n{out}"
+        );
+        format!(
+            "{out}\n--- SMM log from the CBMEM console ---\n{}\n",
+            smm.join("\n")
+        )
+    }
+
+    /// Every CPU Linux reports online with these APIC IDs was relocated by SMM into a slot
+    /// of its own (SMM's log, [`Self::smm_log`]).
+    pub fn assert_own_slots(&mut self, apics: &[u32]) {
+        let out = self.smm_log();
         let rel = relocations(&out);
         for a in apics {
             assert!(
@@ -466,12 +540,65 @@ impl Guest {
     }
 }
 
-/// The host ROM's TSEG base, from its `SMRAM locked: TSEG 0x…+1 MiB` line.
+/// The ROM's TSEG base: the host ROM's `SMRAM locked: TSEG 0x…+1 MiB` line, or
+/// coreboot's `SMRAM       : 0x… 0x…` line of its SMM memory map.
 pub fn tseg_base(console: &str) -> Option<u64> {
+    let hex = |v: &str| u64::from_str_radix(v.trim_start_matches("0x"), 16).ok();
+    if let Some(l) = console
+        .lines()
+        .find_map(|l| l.split("SMRAM locked: TSEG 0x").nth(1))
+    {
+        return hex(l.split('+').next()?);
+    }
     let l = console
         .lines()
-        .find_map(|l| l.split("SMRAM locked: TSEG 0x").nth(1))?;
-    u64::from_str_radix(l.split('+').next()?, 16).ok()
+        .find_map(|l| l.split("SMRAM       : ").nth(1))?;
+    hex(l.split_whitespace().next()?)
+}
+
+/// Address and size of coreboot's CBMEM console, from the `CONSOLE  2. 0x… 0x…` line of
+/// the CBMEM list coreboot logs.
+pub fn cbmem_console(console: &str) -> Option<(u64, u64)> {
+    let l = console.lines().find_map(|l| {
+        let r = l.split("CONSOLE ").nth(1)?;
+        let mut w = r.split_whitespace();
+        w.next()?.strip_suffix('.')?;
+        Some((w.next()?.to_string(), w.next()?.to_string()))
+    })?;
+    // Only the digits: coreboot colours its log lines with escape sequences.
+    let hex = |v: &str| {
+        let digits: String = v
+            .strip_prefix("0x")?
+            .chars()
+            .take_while(char::is_ascii_hexdigit)
+            .collect();
+        u64::from_str_radix(&digits, 16).ok()
+    };
+    Some((hex(&l.0)?, hex(&l.1)?))
+}
+
+/// The text of a CBMEM console (header: size, cursor with flags in bits 28-31), oldest
+/// byte first when the ring has wrapped.
+pub fn cbmem_console_text(raw: &[u8]) -> String {
+    let word = |i: usize| {
+        raw.get(i..i + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let body = raw.get(8..).unwrap_or(&[]);
+    let size = word(0).min(body.len());
+    let cursor = word(4) & ((1 << 28) - 1);
+    let wrapped = word(4) & (1 << 31) != 0;
+    let cursor = cursor.min(size);
+    let bytes: Vec<u8> = if wrapped {
+        body[cursor..size]
+            .iter()
+            .chain(&body[..cursor])
+            .copied()
+            .collect()
+    } else {
+        body[..cursor].to_vec()
+    };
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// `(APIC ID, slot)` of each `relocated APIC ID a to slot s` line SMM printed.

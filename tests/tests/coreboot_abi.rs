@@ -61,3 +61,18 @@ fn the_c_glue_caps_max_cpus_at_the_rust_slot_table() {
         .expect("MAX_CPUS default in site-local/Kconfig");
     assert!(value_after(max_cpus, "default") <= slots, "{max_cpus}");
 }
+
+#[test]
+fn configure_linux_test_bakes_in_the_command_line_the_linux_guest_tests_use() {
+    let configure = read("coreboot-config/configure");
+    let baked = configure
+        .split("test_cmdline=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("test_cmdline in coreboot-config/configure");
+    use qemu_tests::linux::{BASE_CMDLINE, GUEST_TIMEOUT_S};
+    assert_eq!(
+        baked,
+        format!("{BASE_CMDLINE} guest.timeout={GUEST_TIMEOUT_S}")
+    );
+}
