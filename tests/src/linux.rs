@@ -89,24 +89,14 @@ pub fn guest_or_skip() -> Option<LinuxGuest> {
 /// On the host ROM that is [`guest_or_skip`]. A coreboot.rom in `HOST_ROM` boots Linux as
 /// its own payload, from CBFS, so the tests boot the ROM in `LINUX_ROM` instead (made by
 /// `coreboot-config/configure --linux-test`, whose command line is [`BASE_CMDLINE`] with
-/// `guest.timeout=`[`GUEST_TIMEOUT_S`]); a test that needs another command line
-/// (`extra_append`) cannot run there and says so.
-pub fn guest_for_this_rom(extra_append: &str) -> Option<LinuxGuest> {
-    if !crate::testing_host_rom() {
-        if coreboot_linux_rom().is_none() {
-            eprintln!(
-                "Linux guest test skipped: HOST_ROM is a coreboot.rom; set LINUX_ROM to one \
-                 that boots the guest (coreboot-config/configure --linux-test)"
-            );
-            return None;
-        }
-        if !extra_append.is_empty() {
-            eprintln!(
-                "Linux guest test skipped on coreboot: it needs the command line \
-                 {extra_append:?}, and LINUX_ROM has its own baked in"
-            );
-            return None;
-        }
+/// `guest.timeout=`[`GUEST_TIMEOUT_S`]: scenarios that need more say it on the console).
+pub fn guest_for_this_rom() -> Option<LinuxGuest> {
+    if !crate::testing_host_rom() && coreboot_linux_rom().is_none() {
+        eprintln!(
+            "Linux guest test skipped: HOST_ROM is a coreboot.rom; set LINUX_ROM to one \
+             that boots the guest (coreboot-config/configure --linux-test)"
+        );
+        return None;
     }
     guest_or_skip()
 }

@@ -36,7 +36,7 @@ fn several_removals() -> bool {
 
 #[test]
 fn linux_onlines_a_cpu_smm_relocated_ejects_it_on_device_del_and_takes_it_back() {
-    let Some(g) = linux::guest_for_this_rom("") else {
+    let Some(g) = linux::guest_for_this_rom() else {
         return;
     };
     let mut v = boot(&g, "1,maxcpus=4", "", Side::Smm(None));
@@ -94,7 +94,7 @@ fn linux_onlines_a_cpu_smm_relocated_ejects_it_on_device_del_and_takes_it_back()
 
 #[test]
 fn three_cpus_added_back_to_back_come_online_in_slots_of_their_own_and_all_three_are_ejected() {
-    let Some(g) = linux::guest_for_this_rom("") else {
+    let Some(g) = linux::guest_for_this_rom() else {
         return;
     };
     let mut v = boot(&g, "1,maxcpus=4", "", Side::Smm(None));
@@ -125,7 +125,7 @@ fn three_cpus_added_back_to_back_come_online_in_slots_of_their_own_and_all_three
 
 #[test]
 fn linux_fills_up_to_maxcpus() {
-    let Some(g) = linux::guest_for_this_rom("") else {
+    let Some(g) = linux::guest_for_this_rom() else {
         return;
     };
     let mut v = boot(&g, "1,maxcpus=8", "", Side::Smm(None));
@@ -142,7 +142,7 @@ fn linux_fills_up_to_maxcpus() {
 
 #[test]
 fn linux_fills_a_topology_with_apic_id_holes() {
-    let Some(g) = linux::guest_for_this_rom("") else {
+    let Some(g) = linux::guest_for_this_rom() else {
         return;
     };
     // Two sockets of three cores: APIC IDs 0, 1, 2, 4, 5, 6 (3 and 7 are holes).
@@ -179,10 +179,14 @@ fn linux_fills_a_topology_with_apic_id_holes() {
 
 #[test]
 fn without_init_onlining_it_a_hot_added_cpu_stays_offline_and_an_offline_cpu_is_ejected_too() {
-    let Some(g) = linux::guest_for_this_rom("guest.online=0") else {
+    let Some(g) = linux::guest_for_this_rom() else {
         return;
     };
-    let mut v = boot(&g, "1,maxcpus=4", "guest.online=0", Side::Smm(None));
+    let mut v = boot(&g, "1,maxcpus=4", "", Side::Smm(None));
+    // As guest.online=0, but from the console: coreboot's Linux payload has its command
+    // line built in.
+    v.vm.send_console("auto-online off").unwrap();
+    v.nth_line("GUEST: auto-online off", 1);
     v.plug(2, "hp");
     let news =
         v.vm.wait_for_lines("GUEST: new ", 2, STEP)
