@@ -50,6 +50,10 @@ first_smi_handler_start:
     pause
     jmp 3b
 4:
+    /* The hand-off trace: this CPU's TSC as it took the gate (RDTSC cannot fault at CPL 0). */
+    rdtsc
+    movl %eax, {ctx_gate_taken_tsc}(%edi)
+    movl %edx, ({ctx_gate_taken_tsc} + 4)(%edi)
     /* Step 4: the new SMBASE, 64-bit save-state map only (qemu-system-x86_64: revision
        bits 15:0 non-zero). With the legacy map (qemu-system-i386) stay here rather than
        RSM into the reset vector. */

@@ -56,6 +56,7 @@ core::arch::global_asm!(
     ctx_new_smbase = const ctx(offset_of!(Context, new_smbase)),
     ctx_about_to_leave = const ctx(offset_of!(Context, about_to_leave)),
     ctx_round = const ctx(offset_of!(Context, round)),
+    ctx_gate_taken_tsc = const ctx(offset_of!(Context, gate_taken_tsc)),
     ctx_arrived = const ctx(offset_of!(Context, arrived)),
     ss_revision = const at(ss::REVISION),
     ss_smbase = const at(ss::SMBASE),
@@ -170,6 +171,12 @@ pub trait Window {
     fn about_to_leave(&self) -> u8;
     /// Clear `about_to_leave` before the next admission.
     fn clear_about_to_leave(&self);
+    /// The admitted CPU's TSC when it took the gate (0 = not yet), for the hand-off trace.
+    fn gate_taken_tsc(&self) -> u64 {
+        0
+    }
+    /// Clear [`Self::gate_taken_tsc`] before the next admission.
+    fn clear_gate_taken_tsc(&self) {}
     /// The arrival mark of `apic` (0 = not arrived); IDs beyond the table have none.
     fn arrived(&self, apic: u32) -> u32;
     /// Forget the arrival mark of `apic`.
@@ -199,6 +206,14 @@ impl Window for FixedWindow {
     fn about_to_leave(&self) -> u8 {
         // SAFETY: context field in SMRAM written by the admitted CPU.
         unsafe { read_volatile(addr_of!((*context()).about_to_leave)) }
+    }
+    fn gate_taken_tsc(&self) -> u64 {
+        // SAFETY: aligned context field in SMRAM, written by the admitted CPU.
+        unsafe { read_volatile(addr_of!((*context()).gate_taken_tsc)) }
+    }
+    fn clear_gate_taken_tsc(&self) {
+        // SAFETY: aligned context field in SMRAM.
+        unsafe { write_volatile(addr_of_mut!((*context()).gate_taken_tsc), 0) }
     }
     fn clear_about_to_leave(&self) {
         // SAFETY: context field in SMRAM.

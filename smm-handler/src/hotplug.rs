@@ -394,12 +394,14 @@ fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
     let w = h.window();
     w.reset_pen();
     w.clear_about_to_leave();
+    w.clear_gate_taken_tsc();
     w.set_new_smbase(smbase);
     // Publish the mapping before the CPU can take an SMI at its new SMBASE.
     d.slots.set_phase(n, Phase::Published);
     d.slots.set(n, slots::RELOCATING, apic);
     d.set_route(n, Some(apic));
     d.slots.set_phase(n, Phase::GateOpen);
+    let tsc_open = tsc();
     if !w.gate_cas(GATE_CLOSED, u64::from(apic)) {
         smm_log!(
             h,
@@ -415,6 +417,7 @@ fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
         Wait::TimedOut => return gate_timeout(h, apic, n, s),
         Wait::Deposed => return Step::Stop,
     }
+    let tsc_left = tsc();
     // Only now look at the OS-writable pen byte (R4).
     match wait(h, T_PEN_US, || w.pen_signal() != 0) {
         Wait::Met => {}
@@ -433,6 +436,7 @@ fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
         }
         Wait::Deposed => return Step::Stop,
     }
+    let tsc_pen = tsc();
     d.slots.set(n, slots::ACTIVE, apic);
     d.slots.set_phase(n, Phase::Idle);
     w.clear_arrived(apic);
@@ -447,7 +451,29 @@ fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
         smbase,
         us
     );
+    // Where the hand-off's time goes, in TSC ticks (the admitted CPU's stamp is a hint
+    // for this log only: a CPU that never stamped shows 0).
+    let taken = w.gate_taken_tsc();
+    let (to_taken, to_left) = match taken {
+        0 => (0, 0),
+        t => (t.wrapping_sub(tsc_open), tsc_left.wrapping_sub(t)),
+    };
+    smm_log!(
+        h,
+        Debug,
+        "hand-off of APIC ID {}: gate open to taken {} ticks, taken to seen leaving {} ticks, to pen {} ticks",
+        apic,
+        to_taken,
+        to_left,
+        tsc_pen.wrapping_sub(tsc_left)
+    );
     Step::Next
+}
+
+/// The TSC, for the hand-off trace.
+fn tsc() -> u64 {
+    // SAFETY: RDTSC has no side effects and cannot fault at CPL 0 (or in host tests).
+    unsafe { core::arch::x86_64::_rdtsc() }
 }
 
 /// The admitted CPU never said it is leaving: undo if it never took the gate, else

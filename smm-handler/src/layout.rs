@@ -145,8 +145,11 @@ pub struct Context {
     pub _reserved1: [u8; 2],
     /// The arrival mark the handler stores: non-zero, so 0 means "not arrived".
     pub round: u32,
+    /// The admitted CPU's TSC right after it took the gate (the monarch's hand-off
+    /// trace; SMM clears it before each admission and only reads it for its log).
+    pub gate_taken_tsc: u64,
     /// Reserved.
-    pub _reserved2: [u8; 0xE0],
+    pub _reserved2: [u8; 0xD8],
     /// `arrived[apic_id]`: the round in which a CPU with that APIC ID reached the
     /// handler (0 = never), for APIC IDs below [`ARRIVED_ENTRIES`].
     pub arrived: [u32; ARRIVED_ENTRIES],
@@ -154,6 +157,7 @@ pub struct Context {
 
 const _: () = assert!(size_of::<Context>() as u32 <= window::CONTEXT.size);
 const _: () = assert!(offset_of!(Context, gate).is_multiple_of(8));
+const _: () = assert!(offset_of!(Context, gate_taken_tsc).is_multiple_of(8));
 const _: () = assert!(offset_of!(Context, arrived) == 0x100);
 
 /// The host ROM's boot mailbox at [`window::BOOT_MAILBOX`]: the boot CPU writes each
