@@ -400,17 +400,24 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, tseg_base: u32, default_window: bool
     let tsc_per_us = timer::tsc_per_us();
     log::debug!("TSC: {} ticks per microsecond", tsc_per_us);
     let topo = cpus.topo;
-    // SMM: layout for every possible CPU; present CPUs take slots in selector order.
+    // SMM: present CPUs take slots in selector order.
     let module = romfs::find("smm").unwrap_or_else(|| fatal!("ROM has no SMM module (file 'smm')"));
     let module = smm::rmod::Rmod::parse(module).unwrap_or_else(|e| fatal!("SMM module: {:?}", e));
-    let slots = topo.possible.min(MAX_SLOTS as u32);
+    // A slot for every possible CPU only where CPUs can be plugged; otherwise the present
+    // ones (boot work and SMRAM follow what can run, not QEMU's limit).
+    let hotplug = granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
+    let slots = if hotplug {
+        topo.possible
+    } else {
+        cpus.present.len() as u32
+    }
+    .min(MAX_SLOTS as u32);
     // SAFETY: TSEG is the top 1 MiB of low RAM, not yet enabled, owned by firmware.
     let layout = unsafe {
         smm::tseg::load(tseg_base, &module, slots, |p| {
             p.boot.tsc_per_us = tsc_per_us;
             p.boot.log_level = smm_log_level(log::max_level());
             // Only with hotplug negotiated does SMM ever act on other APIC IDs.
-            let hotplug = granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
             p.boot.record_possible(
                 (0..topo.possible).map(|s| topo.apic_id(s).unwrap_or(u32::MAX)),
                 hotplug,

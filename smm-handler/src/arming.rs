@@ -79,7 +79,7 @@ pub fn feature_policy(window: bool, possible: u32, slot_limit: u32, max_apic_id:
             slots: slot_limit,
         });
     }
-    if max_apic_id >= 256 {
+    if max_apic_id >= crate::layout::XAPIC_BROADCAST {
         let _ = refusals.push(Refusal::ApicIdTooLarge { max: max_apic_id });
     }
     let hotplug = if refusals.is_empty() {

@@ -28,8 +28,11 @@ pub const T_PEN_US: u64 = 1_000_000;
 /// TSC, but a broken calibration must not turn a wait into a hang).
 pub const MAX_POLLS: u64 = 200_000_000;
 
-/// Most CPUs one APMC 4 handles (QEMU's AML batches at most 255; slots are fewer).
-pub const MAX_BATCH: usize = MAX_SLOTS;
+/// Most events one APMC 4 takes from the register block (it bounds the service's stack).
+/// A CPU beyond it stays in the first-SMI handler, at the closed gate in locked SMRAM,
+/// and is relocated by a later APMC 4 through its arrival mark (a straggler).
+pub const MAX_BATCH: usize = 64;
+const _: () = assert!(MAX_BATCH <= MAX_SLOTS);
 
 /// What one service did (the hosts log it; the simulation tests check it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -225,7 +228,7 @@ fn push_unique(v: &mut heapless::Vec<u32, MAX_BATCH>, apic: u32) {
 /// Validate a candidate APIC ID (R6); logs why it is skipped.
 fn acceptable<H: Host + ?Sized>(h: &H, apic: u32) -> bool {
     let d = h.data();
-    if apic >= 256 {
+    if apic >= crate::layout::XAPIC_BROADCAST {
         smm_log!(h, Warn, "APIC ID {} does not fit xAPIC, skipped", apic);
     } else if !d.is_possible(apic) {
         smm_log!(h, Warn, "APIC ID {} is not a possible CPU, skipped", apic);

@@ -126,6 +126,9 @@ pub mod window {
 pub const GATE_CLOSED: u64 = u64::MAX;
 /// Entries of [`Context::arrived`]: one per xAPIC ID.
 pub const ARRIVED_ENTRIES: usize = 256;
+/// The xAPIC broadcast ID: no CPU may have it, since an IPI to it reaches every CPU (an
+/// INIT meant for one CPU would reset all, even those in SMM).
+pub const XAPIC_BROADCAST: u32 = 0xFF;
 
 /// The first-SMI handler's context at [`window::CONTEXT`]. The handler (16-bit assembly)
 /// reaches every field through the `offset_of!` constants this struct feeds it; SMM
@@ -194,12 +197,13 @@ pub mod tseg {
     pub const LOW_PAGE_TABLE: u32 = PAGE_TABLES.end() - 0x1000;
     /// The GDT the slot stubs load (null, 32-bit code, data, 64-bit code).
     pub const GDT: Region = Region::new(0x7000, 0x1000);
-    /// The relocatable SMM module (the host ROM's SMM entry and the handler).
-    pub const MODULE: Region = Region::new(0x8000, 0x3_8000);
+    /// The relocatable SMM module (the host ROM's SMM entry and the handler, about 20 KiB
+    /// with its slot tables).
+    pub const MODULE: Region = Region::new(0x8000, 0x1_0000);
     /// Bytes of one slot's stack; its lowest 8 bytes hold [`super::STACK_CANARY`].
     pub const SLOT_STACK_SIZE: u32 = 0x800;
     /// One stack per slot: slot i's is `[STACKS.base + i * SLOT_STACK_SIZE, + SLOT_STACK_SIZE)`.
-    pub const STACKS: Region = Region::new(0x4_0000, MAX_SLOTS as u32 * SLOT_STACK_SIZE);
+    pub const STACKS: Region = Region::new(0x1_8000, MAX_SLOTS as u32 * SLOT_STACK_SIZE);
     /// Slot 0's SMBASE: its save state ends exactly at the top of TSEG.
     pub const TOP_SMBASE: u32 = SIZE - SMBASE_SPAN;
     /// Distance between the SMBASEs of neighbouring slots: the entry stubs (at most 0x200

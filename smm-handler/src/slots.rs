@@ -5,8 +5,9 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// Most SMM slots (possible CPUs) a host lays out.
-pub const MAX_SLOTS: usize = 64;
+/// Most SMM slots (possible CPUs) a host lays out: every xAPIC ID but the broadcast
+/// one (0-254), which is also the most CPUs QEMU 7.2 runs under TCG.
+pub const MAX_SLOTS: usize = 255;
 
 /// No CPU uses the slot.
 pub const FREE: u32 = 0;

@@ -1,10 +1,12 @@
 //! Boot benchmark: prints, per topology, the time from QEMU start to the first ROM line,
 //! to "SMRAM locked" (SMM set up and relocated), to payload entry and to the payload's
 //! result, plus the SMRAM bytes the ROM reports. Figures only, nothing asserted; runs
-//! side by side in one process and prints ratios against the 1-CPU boot.
+//! side by side in one process and prints ratios against the 1-CPU boot and, for the
+//! possible-CPU sweep (one present CPU; 8, 64, 255 and, where QEMU allows it, 1024
+//! possible), against `1,maxcpus=8`.
 //! Run: `cargo bench -p qemu-tests --bench boot` (QEMU from $QEMU).
 
-use qemu_tests::{Vm, VmConfig};
+use qemu_tests::{qemu_version, Vm, VmConfig};
 use std::time::Duration;
 
 const RUNS: usize = 3;
@@ -16,13 +18,25 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let topologies = ["1", "2,maxcpus=4", "4", "1,maxcpus=8", "8"];
+    let mut topologies = vec![
+        "1",
+        "2,maxcpus=4",
+        "4",
+        "8",
+        "1,maxcpus=8",
+        "1,maxcpus=64",
+        "1,maxcpus=255",
+    ];
+    // 7.2 refuses more than 255 CPUs under TCG; 10.0.2 starts 1024.
+    if !qemu_version().contains("version 7.") {
+        topologies.push("1,maxcpus=1024");
+    }
     println!("host ROM boot under TCG, median of {RUNS} runs (ms since QEMU start)");
     println!(
         "{:<16} {:>8} {:>12} {:>10} {:>8}   SMRAM",
         "-smp", "rom", "smram-lock", "payload", "result"
     );
-    let mut base = None;
+    let (mut base, mut base8) = (None, None);
     for smp in topologies {
         let (mut rom, mut lock, mut entry, mut result) = (vec![], vec![], vec![], vec![]);
         let mut smram = String::new();
@@ -48,8 +62,15 @@ fn main() {
         }
         let e = median(entry.clone());
         let b = *base.get_or_insert(e);
+        if smp == "1,maxcpus=8" {
+            base8 = Some(e);
+        }
+        let vs8 = match (smp.starts_with("1,maxcpus="), base8) {
+            (true, Some(b8)) => format!(", {:.2}x 1,maxcpus=8", e / b8),
+            _ => String::new(),
+        };
         println!(
-            "{:<16} {:>8.0} {:>12.0} {:>10.0} {:>8.0}   {}   (payload entry {:.2}x the 1-CPU boot)",
+            "{:<16} {:>8.0} {:>12.0} {:>10.0} {:>8.0}   {}   (payload entry {:.2}x the 1-CPU boot{vs8})",
             smp,
             median(rom),
             median(lock),
