@@ -116,13 +116,15 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     // boot code before SMRAM was locked.
     let boot_phase = unsafe { core::ptr::read_volatile(addr_of!(p.boot_phase)) } != 0;
     // Only APMC 4 has handlers; other SMIs (diagnostic queries, OS SMI IPIs) touch the
-    // lock only while a service runs: no CPU leaves SMM before that service is done
-    // (R14). On QEMU 10.0.2 a CPU that reads port 0xB2 while the monarch ejects a CPU
-    // does not read 4: QEMU drops the access as re-entrant I/O into the LPC device
+    // lock only while a service runs or an eject is left to do: no CPU leaves SMM before
+    // that is done (R14). A CPU that reads port 0xB2 while the monarch ejects a CPU does
+    // not read 4: QEMU drops the access as re-entrant I/O into the LPC device
     // (`docs/qemu.md#q-eject-blocks-lpc-io`).
     match ENTRIES.begin(&HwPorts, &p.slots, slot, smbase, boot_phase) {
         Entry::Park => entry::halt_forever(),
-        Entry::Continue { apmc } if apmc == entry::APMC_CPU_HOTPLUG || LOCK.is_held() => {
+        Entry::Continue { apmc }
+            if apmc == entry::APMC_CPU_HOTPLUG || LOCK.is_held() || eject::pending(&host) =>
+        {
             hot_plug(&host, slot)
         }
         Entry::Continue { .. } | Entry::Leave => {}
@@ -134,6 +136,10 @@ pub extern "sysv64" fn smm_entry(slot: u32) {
     }
 }
 
+/// Most services one CPU runs again for ejects still pending after its own (each one
+/// ejects every parked target; a target that never parks is ejected all the same).
+const PENDING_RERUNS: u32 = 3;
+
 /// APMC 4 on the CPU at `slot`: lead or wait under the SMI lock. A waiter runs the
 /// service once more when the monarch left an eject for another CPU (it was the target
 /// itself); a CPU to be ejected parks (`smm_handler::eject`).
@@ -144,20 +150,27 @@ fn hot_plug(host: &HostRom, slot: u32) {
         }
         entry::dispatch(host, entry::APMC_CPU_HOTPLUG);
     };
-    match LOCK.run(host, slot, service) {
-        Locked::Park => entry::halt_forever(),
-        Locked::Done if eject::pending(host) => {
-            smm_log!(
-                host,
-                Info,
-                "slot {}: an eject is still pending (the monarch was a target): running the service again",
-                slot
-            );
-            if LOCK.run(host, slot, service) == Locked::Park {
-                entry::halt_forever();
+    let mut ended = LOCK.run(host, slot, service);
+    // An eject left for another CPU (the monarch was a target itself and parked after it
+    // released the lock, or an eject stayed undecided): run the service again, a bounded
+    // number of times, rather than leave SMM with it undone (R14).
+    for _ in 0..PENDING_RERUNS {
+        match ended {
+            Locked::Park => entry::halt_forever(),
+            Locked::Led | Locked::Done if eject::pending(host) => {
+                smm_log!(
+                    host,
+                    Info,
+                    "slot {}: an eject is still pending (the monarch was a target): running the service again",
+                    slot
+                );
+                ended = LOCK.run(host, slot, service);
             }
+            Locked::Led | Locked::Done | Locked::GaveUp => break,
         }
-        Locked::Led | Locked::Done | Locked::GaveUp => {}
+    }
+    if ended == Locked::Park {
+        entry::halt_forever();
     }
     // The monarch itself was a target: it parks now that the lock is free.
     if entry::park_if_removing(&host.0.slots, slot) {
