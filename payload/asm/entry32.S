@@ -53,9 +53,11 @@ payload_cpu_count: .long 0
 
     .section .bss.payload_pt, "aw", @nobits
     .balign 4096
+    .global payload_pt
 payload_pt: .skip IDENTITY_MAP_SIZE
     .balign 16
     .skip 65536
+    .global payload_bsp_stack_top
 payload_bsp_stack_top:
     .global payload_ap_stacks
 payload_ap_stacks: .skip {stack} * {max}

@@ -1,8 +1,11 @@
-//! Serial console output for the payload (COM1, as the coreboot tables describe it).
+//! Console output for the payload: COM1 (as the coreboot tables describe it), or
+//! libpayload's console when the payload runs on libpayload.
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(not(feature = "libpayload"))]
 use q35::io::HwPorts;
+#[cfg(not(feature = "libpayload"))]
 use q35::serial::{Serial, COM1};
 
 /// Serialises whole lines from several CPUs.
@@ -13,9 +16,22 @@ pub struct Console;
 
 impl Write for Console {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        Serial::new(&HwPorts, COM1).write_bytes(s.as_bytes());
+        write_bytes(s.as_bytes());
         Ok(())
     }
+}
+
+/// Write raw bytes to the console: COM1 directly, or libpayload's console drivers when
+/// the payload runs on libpayload.
+pub fn write_bytes(b: &[u8]) {
+    #[cfg(feature = "libpayload")]
+    for &c in b {
+        // SAFETY: libpayload's console is initialised before `main`; putchar takes any
+        // byte.
+        unsafe { libpayload_sys::putchar(u32::from(c)) };
+    }
+    #[cfg(not(feature = "libpayload"))]
+    Serial::new(&HwPorts, COM1).write_bytes(b);
 }
 
 /// Print one line to the console, holding [`console::LOCK`](crate::console::LOCK) for it;
@@ -85,9 +101,8 @@ impl SmmLog {
             p = (p + 1) % size;
         }
         let Some(last) = last else { return };
-        let serial = Serial::new(&HwPorts, COM1);
         for _ in 0..size {
-            serial.write_bytes(&[body_byte(base, pos)]);
+            write_bytes(&[body_byte(base, pos)]);
             let done = pos == last;
             pos = (pos + 1) % size;
             if done {

@@ -4,6 +4,12 @@
 //! then QEMU exits through isa-debug-exit (iobase 0xf4): status 33 = pass, 35 = fail.
 #![no_std]
 
+#[cfg(all(feature = "freestanding", feature = "libpayload"))]
+compile_error!("payload: features `freestanding` and `libpayload` exclude each other");
+#[cfg(not(any(feature = "freestanding", feature = "libpayload")))]
+compile_error!("payload: build with feature `freestanding` (default) or `libpayload`");
+
+#[cfg(feature = "freestanding")]
 extern crate fw_rt;
 
 mod attack;
