@@ -15,12 +15,11 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::clock::Timer;
 use crate::cpus;
 use crate::hotplug::Plan;
 use crate::Report;
-use q35::io::HwPorts;
 use q35::lapic;
-use q35::pmtimer::PmTimer;
 use smm_handler::layout::window;
 
 /// The value the planted code stores when it ran: "HACK" in little-endian byte order.
@@ -96,7 +95,7 @@ pub fn plant(plan: &Plan, tseg: Option<u32>) {
 ///
 /// `attack`: SMI IPIs to the new CPUs before the hotplug SMI; they must only ever reach
 /// the firmware's first-SMI handler (R18).
-pub fn before_hotplug_smi(plan: &Plan, new: &[(u32, u32)], tm: &PmTimer<'_, HwPorts>) {
+pub fn before_hotplug_smi(plan: &Plan, new: &[(u32, u32)], tm: &Timer) {
     if plan.sipi_attack {
         for &(_, apic) in new {
             let _ = lapic::send_ipi(apic, lapic::ICR_SMI);
@@ -114,7 +113,7 @@ pub fn before_hotplug_smi(plan: &Plan, new: &[(u32, u32)], tm: &PmTimer<'_, HwPo
 
 /// Hook after the new CPU `apic` was started and looked up: with `attack`, three more SMI
 /// IPIs (1 ms apart); after relocation they must land in its TSEG slot.
-pub fn after_online(plan: &Plan, apic: u32, tm: &PmTimer<'_, HwPorts>) {
+pub fn after_online(plan: &Plan, apic: u32, tm: &Timer) {
     if !plan.attack {
         return;
     }

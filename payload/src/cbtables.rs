@@ -131,3 +131,49 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
     }
     Err("forward loop")
 }
+
+/// The same facts from libpayload's `lib_sysinfo` (libpayload parsed the tables at
+/// start): the memory map, the serial port, the ACPI RSDP and the CBMEM console.
+#[cfg(feature = "libpayload")]
+pub fn from_libpayload() -> Result<Tables, &'static str> {
+    use libpayload_sys as lp;
+    // SAFETY: plain reads of lib_sysinfo through the shim; libpayload filled it before
+    // `main`.
+    let (header, n) = unsafe { (lp::lp_sysinfo_cb_header(), lp::lp_sysinfo_memranges()) };
+    if header == 0 {
+        return Err("libpayload found no coreboot tables");
+    }
+    let mut t = Tables {
+        base: header,
+        memory: [MemRange {
+            start: 0,
+            size: 0,
+            kind: 0,
+        }; 32],
+        memory_len: 0,
+        serial_port: None,
+        rsdp: None,
+        cbmem_console: None,
+    };
+    for i in 0..n.clamp(0, 32) {
+        let (mut start, mut size, mut kind) = (0u64, 0u64, 0u32);
+        // SAFETY: the shim writes the three values for an index inside the map.
+        if unsafe { lp::lp_sysinfo_memrange(i, &mut start, &mut size, &mut kind) } != 0 {
+            break;
+        }
+        t.memory[t.memory_len] = MemRange { start, size, kind };
+        t.memory_len += 1;
+    }
+    // SAFETY: plain reads of lib_sysinfo through the shim.
+    let (port, rsdp, cons) = unsafe {
+        (
+            lp::lp_sysinfo_serial_ioport(),
+            lp::lp_sysinfo_acpi_rsdp(),
+            lp::lp_sysinfo_cbmem_console(),
+        )
+    };
+    t.serial_port = (port != 0).then_some(port);
+    t.rsdp = (rsdp != 0).then_some(rsdp);
+    t.cbmem_console = (cons != 0).then_some(cons);
+    Ok(t)
+}

@@ -6,12 +6,12 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::cbtables::Tables;
+use crate::clock::Timer;
 use crate::entry::{self, MAX_CPUS};
 use crate::{println, Report};
 use q35::cpuhp::{CpuHp, CpuTopology};
 use q35::io::HwPorts;
 use q35::lapic;
-use q35::pmtimer::PmTimer;
 
 /// What one AP reports once it runs payload code (index = its arrival order).
 pub(crate) struct Ap {
@@ -68,10 +68,9 @@ pub fn ap_main(index: u32) -> ! {
     }
 }
 
-/// The ACPI PM timer at the ICH9's PMBASE.
-pub(crate) fn timer() -> PmTimer<'static, HwPorts> {
-    let base = q35::ich9::pmbase(&HwPorts).unwrap_or(q35::ich9::PMBASE);
-    PmTimer::new(&HwPorts, base)
+/// The payload's clock ([`crate::clock`]).
+pub(crate) fn timer() -> Timer {
+    crate::clock::timer()
 }
 
 // Low pages the payload uses (usable RAM below 1 MiB per the coreboot memory map):

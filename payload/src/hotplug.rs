@@ -8,13 +8,13 @@
 
 use core::sync::atomic::Ordering;
 
+use crate::clock::{Stopwatch, Timer};
 use crate::cpus::{self, find_ap, init_sipi_sipi};
 use crate::{attack, println, Report};
 use q35::cpuhp::{self, CpuHp};
 use q35::fw_cfg::FwCfg;
 use q35::ich9;
 use q35::io::{HwPorts, PortIo};
-use q35::pmtimer::{PmTimer, Stopwatch};
 
 /// What the harness asked for, read from fw_cfg `opt/payload/*` files.
 pub struct Plan {
@@ -279,7 +279,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
 
 /// Have SMM relocate the batch `new`, as the AML does after its scan: APMC 4, then clear
 /// each insert event. `early-init` starts the CPUs before the SMI (R18).
-fn relocate(plan: &Plan, hp: &CpuHp<'_, HwPorts>, new: &Batch, tm: &PmTimer<'_, HwPorts>) {
+fn relocate(plan: &Plan, hp: &CpuHp<'_, HwPorts>, new: &Batch, tm: &Timer) {
     if plan.early_init {
         // A hostile or eager OS starts the CPU before the SMI (R18).
         for &(_, apic) in new {
@@ -302,7 +302,7 @@ fn relocate(plan: &Plan, hp: &CpuHp<'_, HwPorts>, new: &Batch, tm: &PmTimer<'_, 
 fn online(
     r: &mut Report,
     plan: &Plan,
-    tm: &PmTimer<'_, HwPorts>,
+    tm: &Timer,
     t_event: &mut Stopwatch,
     slots: &mut heapless::Vec<u32, 64>,
     uid: u32,

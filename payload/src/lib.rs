@@ -14,6 +14,7 @@ extern crate fw_rt;
 
 mod attack;
 pub mod cbtables;
+mod clock;
 pub mod console;
 mod cpus;
 mod entry;
@@ -296,7 +297,12 @@ extern "sysv64" fn payload_main(table_ptr: u32) -> ! {
         }
     }
 
-    let tables = match cbtables::parse(u64::from(table_ptr)) {
+    #[cfg(not(feature = "libpayload"))]
+    let tables = cbtables::parse(u64::from(table_ptr));
+    // libpayload parsed them already: its lib_sysinfo is the source.
+    #[cfg(feature = "libpayload")]
+    let tables = cbtables::from_libpayload();
+    let tables = match tables {
         Ok(t) => t,
         Err(e) => {
             r.check("coreboot-tables", false, format_args!("{}", e));

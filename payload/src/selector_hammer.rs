@@ -23,13 +23,13 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+use crate::clock::Timer;
 use crate::cpus::{self, init_sipi_sipi};
 use crate::hotplug::raise_apmc4;
 use crate::{println, Report};
 use q35::cpuhp::{self, CpuHp};
 use q35::fw_cfg::FwCfg;
 use q35::io::{HwPorts, PortIo};
-use q35::pmtimer::PmTimer;
 
 /// APMC 4 writes made while the hammer runs.
 const ROUNDS: u32 = 100;
@@ -112,7 +112,7 @@ pub fn ap_entry() {
 /// hammering AP, write APMC 4 [`ROUNDS`] times with the BSP hammering after each, stop the
 /// AP, then write APMC 4 once more with nobody hammering. Returns false (nothing done,
 /// the caller raises APMC 4 itself) unless the variant was asked for.
-pub fn hotplug_smi(tm: &PmTimer<'_, HwPorts>) -> bool {
+pub fn hotplug_smi(tm: &Timer) -> bool {
     if !wanted() || STATE.load(Ordering::SeqCst) != IDLE {
         return false;
     }

@@ -43,6 +43,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use crate::clock::{Stopwatch, Timer};
 use crate::cpus::{self, init_sipi_sipi, APS};
 use crate::entry::MAX_CPUS;
 use crate::hotplug::{self, raise_apmc4, CpuEvent};
@@ -51,7 +52,6 @@ use q35::cpuhp::{self, CpuHp, CpuTopology};
 use q35::fw_cfg::FwCfg;
 use q35::ich9;
 use q35::io::{HwPorts, PortIo};
-use q35::pmtimer::{PmTimer, Stopwatch};
 
 /// What the harness asked for (fw_cfg `opt/payload/unplug*`, `opt/payload/replug`).
 #[derive(Default)]
@@ -188,7 +188,7 @@ fn forget_ap(apic: u32) {
 }
 
 /// Offline `apic` as an OS does before an eject: wait (bounded) until it halts for good.
-fn offline(tm: &PmTimer<'_, HwPorts>, apic: u32) -> bool {
+fn offline(tm: &Timer, apic: u32) -> bool {
     tm.wait_until(1_000_000, || {
         newest_ap(apic).is_some_and(|i| HALTED[i].load(Ordering::SeqCst) == 1)
     })
@@ -229,7 +229,7 @@ struct Os<'a> {
     plan: Plan,
     hp: CpuHp<'a, HwPorts>,
     topo: CpuTopology,
-    tm: PmTimer<'static, HwPorts>,
+    tm: Timer,
     tseg: Option<u32>,
     /// Selectors ejected in this phase (a later add there is a re-plug).
     removed: heapless::Vec<u32, 64>,

@@ -56,7 +56,9 @@ fn the_crate_declares_exactly_the_listed_names() {
             "{name} is not declared in libpayload-sys"
         );
     }
-    let declared = src.matches("    pub fn ").count() + src.matches("    pub static ").count();
+    // The shim's functions (`lp_sysinfo_*`, this project's own C) are not libpayload's.
+    let declared = src.matches("    pub fn ").count() + src.matches("    pub static ").count()
+        - src.matches("    pub fn lp_sysinfo_").count();
     assert_eq!(
         declared,
         DECLARED.len(),

@@ -1,7 +1,9 @@
 //! FFI to coreboot's libpayload (`payloads/libpayload` in a coreboot tree): the console,
 //! the timer, the coreboot table pointer and `halt`, for a payload that runs on
-//! libpayload instead of its own start code, plus the one C function Rust's code
-//! generation needs that libpayload's libc lacks (`bcmp`). Declarations only, written from
+//! libpayload instead of its own start code, the fields of `lib_sysinfo` it reads
+//! (through the small C shim in `shim/`, so that no Rust code depends on the layout of
+//! `struct sysinfo_t`), plus the one C function Rust's code generation needs that
+//! libpayload's libc lacks (`bcmp`). Declarations only, written from
 //! `include/libpayload.h` and `include/delay.h`; `tests/tests/libpayload_abi.rs` checks
 //! them against the headers of the install in `LIBPAYLOAD_DIR`. The image is linked with
 //! libpayload's `lpgcc` (`scripts/payload-on-libpayload`).
@@ -28,6 +30,23 @@ extern "C" {
     /// start code (`arch/x86/coreboot.c`; the header's `get_cb_header_ptr()` is defined
     /// on arm64 only).
     pub static cb_header_ptr: *mut c_void;
+}
+
+// `shim/sysinfo.c`, compiled against the install's headers by
+// `scripts/payload-on-libpayload`: the fields of `lib_sysinfo` the payload reads.
+extern "C" {
+    /// Entries of libpayload's memory map (`lib_sysinfo.n_memranges`).
+    pub fn lp_sysinfo_memranges() -> c_int;
+    /// Memory-map entry `i`: 0 and the entry, or -1 beyond the map.
+    pub fn lp_sysinfo_memrange(i: c_int, base: *mut u64, size: *mut u64, kind: *mut u32) -> c_int;
+    /// The serial console's I/O port from the coreboot tables (0 = none).
+    pub fn lp_sysinfo_serial_ioport() -> u32;
+    /// The ACPI RSDP's physical address from the coreboot tables (0 = none).
+    pub fn lp_sysinfo_acpi_rsdp() -> u64;
+    /// The CBMEM console's physical address (0 = none).
+    pub fn lp_sysinfo_cbmem_console() -> u64;
+    /// The coreboot table header libpayload parsed.
+    pub fn lp_sysinfo_cb_header() -> u64;
 }
 
 /// `bcmp`, which Rust's code generation calls for slice and string compares and which
