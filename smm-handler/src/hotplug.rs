@@ -105,7 +105,9 @@ pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BA
 /// Bounded by the possible count; inconsistent status combinations are skipped (R5). The
 /// APIC ID comes from the table recorded at boot by selector; the block's own arch ID
 /// must agree, and the selector must still be the one read after every register read, or
-/// the selector is read again (another CPU moved it meanwhile). A re-read uses up one of
+/// the selector is read again (another CPU moved it meanwhile); an event counts only when a
+/// second status read at that selector shows it too (the selector can move away and back
+/// between two reads). A re-read uses up one of
 /// the scan's `possible` steps, so a CPU that keeps moving the selector can only make the
 /// scan miss events (those CPUs are found later through their arrival marks), never make
 /// it longer.
@@ -146,6 +148,15 @@ pub fn scan_events<H: Host + ?Sized>(
             moved = true;
             continue;
         }
+        // The selector can also have moved away and back between the reads (another CPU
+        // writing selectors in a loop): the event bits then were another CPU's. An event
+        // counts only when a second status read at this selector, read back unchanged,
+        // shows it too.
+        let event = st & (cpuhp::STS_INSERT | cpuhp::STS_FW_REMOVE);
+        if event != 0 && !event_confirmed(&hp, pend, event) {
+            moved = true;
+            continue;
+        }
         cur = pend;
         if insert {
             inserts += 1;
@@ -172,6 +183,13 @@ pub fn scan_events<H: Host + ?Sized>(
         smm_log!(h, Warn, "cpuhp: another CPU moved the selector during the scan; what it read then was read again");
     }
     inserts
+}
+
+/// Whether the status at `sel` still shows `event`, with the selector read back as `sel`.
+fn event_confirmed<P: q35::io::PortIo>(hp: &CpuHp<'_, P>, sel: u32, event: u8) -> bool {
+    hp.select(sel);
+    let st = hp.status();
+    hp.data() == sel && st & event == event
 }
 
 /// One insert event at `selector`: the boot table's APIC ID goes to `out` if the status is
