@@ -38,6 +38,24 @@ pub struct Tables {
     pub cbmem_console: Option<u64>,
 }
 
+impl Tables {
+    /// Nothing known yet of the tables at `base`.
+    fn empty(base: u64) -> Tables {
+        Tables {
+            base,
+            memory: [MemRange {
+                start: 0,
+                size: 0,
+                kind: 0,
+            }; 32],
+            memory_len: 0,
+            serial_port: None,
+            rsdp: None,
+            cbmem_console: None,
+        }
+    }
+}
+
 /// Read a little-endian dword at `addr`.
 fn rd32(addr: u64) -> u32 {
     // SAFETY: callers only read inside a table whose header was validated.
@@ -77,18 +95,7 @@ pub fn parse(mut ptr: u64) -> Result<Tables, &'static str> {
         if checksum(ptr + 24, u64::from(tbytes)) != tsum {
             return Err("bad table checksum");
         }
-        let mut t = Tables {
-            base: ptr,
-            memory: [MemRange {
-                start: 0,
-                size: 0,
-                kind: 0,
-            }; 32],
-            memory_len: 0,
-            serial_port: None,
-            rsdp: None,
-            cbmem_console: None,
-        };
+        let mut t = Tables::empty(ptr);
         let mut rec = ptr + 24;
         let mut forward = None;
         for _ in 0..n.min(256) {
@@ -143,18 +150,7 @@ pub fn from_libpayload() -> Result<Tables, &'static str> {
     if header == 0 {
         return Err("libpayload found no coreboot tables");
     }
-    let mut t = Tables {
-        base: header,
-        memory: [MemRange {
-            start: 0,
-            size: 0,
-            kind: 0,
-        }; 32],
-        memory_len: 0,
-        serial_port: None,
-        rsdp: None,
-        cbmem_console: None,
-    };
+    let mut t = Tables::empty(header);
     for i in 0..n.clamp(0, 32) {
         let (mut start, mut size, mut kind) = (0u64, 0u64, 0u32);
         // SAFETY: the shim writes the three values for an index inside the map.

@@ -27,6 +27,10 @@ const DECLARED: &[(&str, Option<(&str, &str)>)] = &[
         Some(("libpayload.h", "uint64_t timer_us(uint64_t base);")),
     ),
     (
+        "timer_hz",
+        Some(("libpayload.h", "uint64_t timer_hz(void);")),
+    ),
+    (
         "halt",
         Some(("libpayload.h", "void __noreturn halt(void);")),
     ),

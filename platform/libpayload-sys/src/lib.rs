@@ -22,6 +22,8 @@ extern "C" {
     pub fn ndelay(ns: u64);
     /// Microseconds since `base` on libpayload's timer.
     pub fn timer_us(base: u64) -> u64;
+    /// The timer's rate in Hz (on x86 the TSC's: libpayload's timer is RDTSC).
+    pub fn timer_hz() -> u64;
     /// Stop this CPU for good.
     pub fn halt() -> !;
     /// `memcmp` of libpayload's libc.
