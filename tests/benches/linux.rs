@@ -44,10 +44,7 @@ fn one(g: &LinuxGuest, qemu: &Path, n: usize, smm: bool) -> Option<(f64, f64, f6
     let mut gone = 0.0;
     for i in 0..n {
         // A guest stuck after an eject (7.2.22's defect) gives no figure.
-        let Some(d) = v.remove(&format!("hp{i}"), i + 1) else {
-            return None;
-        };
-        gone += ms(d);
+        gone += ms(v.remove(&format!("hp{i}"), i + 1)?);
     }
     v.finish();
     Some((ready, online, gone / n as f64))
