@@ -275,9 +275,7 @@ fn negotiate(cfg: &FwCfg<'_, HwPorts>, topo: &CpuTopology, window: bool, knobs: 
                 feature_names(requested)
             );
             if requested & fw_cfg::SMI_FEATURE_CPU_HOTPLUG == 0 {
-                log::warn!(
-                    "CPU hotplug with SMM not negotiated: QEMU will refuse device_add of CPUs"
-                );
+                log::warn!("{}", arming::HOTPLUG_NOT_NEGOTIATED);
             }
             requested
         }
@@ -403,15 +401,8 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, tseg_base: u32, default_window: bool
     // SMM: present CPUs take slots in selector order.
     let module = romfs::find("smm").unwrap_or_else(|| fatal!("ROM has no SMM module (file 'smm')"));
     let module = smm::rmod::Rmod::parse(module).unwrap_or_else(|e| fatal!("SMM module: {:?}", e));
-    // A slot for every possible CPU only where CPUs can be plugged; otherwise the present
-    // ones (boot work and SMRAM follow what can run, not QEMU's limit).
     let hotplug = granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
-    let slots = if hotplug {
-        topo.possible
-    } else {
-        cpus.present.len() as u32
-    }
-    .min(MAX_SLOTS as u32);
+    let slots = arming::slots_to_lay_out(hotplug, cpus.present.len() as u32, topo.possible);
     // SAFETY: TSEG is the top 1 MiB of low RAM, not yet enabled, owned by firmware.
     let layout = unsafe {
         smm::tseg::load(tseg_base, &module, slots, |p| {

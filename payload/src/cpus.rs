@@ -6,7 +6,7 @@
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::cbtables::Tables;
-use crate::clock::Timer;
+use crate::clock;
 use crate::entry::{self, MAX_CPUS};
 use crate::{println, Report};
 use q35::cpuhp::{CpuHp, CpuTopology};
@@ -68,11 +68,6 @@ pub fn ap_main(index: u32) -> ! {
     }
 }
 
-/// The payload's clock ([`crate::clock`]).
-pub(crate) fn timer() -> Timer {
-    crate::clock::timer()
-}
-
 // Low pages the payload uses (usable RAM below 1 MiB per the coreboot memory map):
 // the AP trampoline, a scratch page for the attack checks, and a page to plant code in.
 
@@ -106,7 +101,7 @@ fn pick_low_pages(t: &Tables) -> bool {
 
 /// Start `apic` in the payload's trampoline, as an OS brings a CPU online.
 pub(crate) fn init_sipi_sipi(apic: u32) -> bool {
-    let tm = timer();
+    let tm = clock::timer();
     let vec = TRAMPOLINE_PAGE.load(Ordering::SeqCst) >> 12;
     let ok = lapic::send_ipi(apic, lapic::ICR_INIT).is_ok()
         && {
@@ -176,7 +171,7 @@ pub fn check(r: &mut Report, t: &Tables) {
     );
     lapic::enable();
     let bsp = lapic::cpuid_apic_id();
-    let tm = timer();
+    let tm = clock::timer();
     let mut expected = 0u32;
     for sel in 0..topo.possible {
         let (Some(true), Some(apic)) = (

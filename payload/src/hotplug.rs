@@ -8,7 +8,7 @@
 
 use core::sync::atomic::Ordering;
 
-use crate::clock::{Stopwatch, Timer};
+use crate::clock::{self, Stopwatch, Timer};
 use crate::cpus::{self, find_ap, init_sipi_sipi};
 use crate::{attack, println, Report};
 use q35::cpuhp::{self, CpuHp};
@@ -136,7 +136,7 @@ pub fn storm(r: &mut Report, plan: &Plan) {
     if plan.apmc4_storm == 0 {
         return;
     }
-    let tm = cpus::timer();
+    let tm = clock::timer();
     let mut sw = tm.start();
     if plan.storm_two_cpus {
         cpus::AP_APMC4_WRITES.store(plan.apmc4_storm, Ordering::SeqCst);
@@ -192,7 +192,7 @@ pub fn storm(r: &mut Report, plan: &Plan) {
 
 /// Null SMI round trip, measured from the OS side (PM timer, 100 diagnostic queries).
 pub fn smi_round_trip() {
-    let tm = cpus::timer();
+    let tm = clock::timer();
     let mut sw = tm.start();
     for _ in 0..100 {
         crate::null_smi();
@@ -218,7 +218,7 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
         return;
     };
     let pmbase = ich9::pmbase(&ports).unwrap_or(ich9::PMBASE);
-    let tm = cpus::timer();
+    let tm = clock::timer();
     attack::plant(plan, tseg);
     println!("payload: ready for hotplug of {} CPU(s)", plan.expect_cpus);
     let mut onlined = 0u32;

@@ -3,7 +3,8 @@
 
 use core::sync::atomic::Ordering;
 
-use crate::cpus::{self, find_ap, init_sipi_sipi};
+use crate::clock;
+use crate::cpus::{find_ap, init_sipi_sipi};
 use crate::Report;
 use smm_handler::layout::window::{PEN, PEN_SIGNAL};
 
@@ -18,7 +19,7 @@ pub(crate) struct Clock {
 impl Clock {
     pub fn calibrate() -> Clock {
         Clock {
-            tsc_per_us: cpus::timer().tsc_per_us(),
+            tsc_per_us: clock::timer().tsc_per_us(),
         }
     }
 

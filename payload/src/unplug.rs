@@ -43,7 +43,7 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::clock::{Stopwatch, Timer};
+use crate::clock::{self, Stopwatch, Timer};
 use crate::cpus::{self, init_sipi_sipi, APS};
 use crate::entry::MAX_CPUS;
 use crate::hotplug::{self, raise_apmc4, CpuEvent};
@@ -253,7 +253,7 @@ pub fn run(r: &mut Report, tseg: Option<u32>) {
         plan,
         hp,
         topo,
-        tm: cpus::timer(),
+        tm: clock::timer(),
         tseg,
         removed: heapless::Vec::new(),
         removes_done: 0,

@@ -93,6 +93,17 @@ pub fn feature_policy(window: bool, possible: u32, slot_limit: u32, max_apic_id:
     }
 }
 
+/// What both hosts log when the negotiation left CPU hotplug out.
+pub const HOTPLUG_NOT_NEGOTIATED: &str =
+    "CPU hotplug with SMM not negotiated: QEMU will refuse device_add of CPUs";
+
+/// SMM slots to lay out: one per possible CPU where CPUs can be plugged (`hotplug`
+/// negotiated), else one per present CPU, so that boot work and SMRAM follow what can
+/// run, not QEMU's limit; never more than the handler tracks.
+pub fn slots_to_lay_out(hotplug: bool, present: u32, possible: u32) -> u32 {
+    if hotplug { possible } else { present }.min(crate::slots::MAX_SLOTS as u32)
+}
+
 /// A boot-time arming step that failed; the boot must stop (fail closed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArmError {

@@ -7,7 +7,7 @@
 use q35::cpuhp::CpuHp;
 use q35::fw_cfg::{negotiate_smi_features, FwCfg, Negotiation, SMI_FEATURE_BROADCAST};
 use q35_sim::Q35Sim;
-use smm_handler::arming::{feature_policy, Refusal};
+use smm_handler::arming::{feature_policy, slots_to_lay_out, Refusal};
 use smm_handler::slots::MAX_SLOTS;
 
 #[test]
@@ -47,4 +47,14 @@ fn three_hundred_possible_cpus_boot_with_broadcast_only_and_say_why() {
         })
     );
     assert_eq!(sim.negotiated_smi_features(), Some(SMI_FEATURE_BROADCAST));
+}
+
+#[test]
+fn slots_follow_what_can_run_and_never_exceed_the_table() {
+    // With hotplug: one per possible CPU; without: one per present CPU.
+    assert_eq!(slots_to_lay_out(true, 1, 8), 8);
+    assert_eq!(slots_to_lay_out(false, 2, 1024), 2);
+    // Never beyond the slot table, whichever count it follows.
+    assert_eq!(slots_to_lay_out(true, 1, 300), MAX_SLOTS as u32);
+    assert_eq!(slots_to_lay_out(false, 300, 300), MAX_SLOTS as u32);
 }

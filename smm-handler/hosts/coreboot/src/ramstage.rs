@@ -151,11 +151,7 @@ pub extern "C" fn rust_cpu_hotplug_pre_mp_init(max_cpus: u32, console: ConsoleFn
     }
     st.hotplug = st.features & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
     if !st.hotplug {
-        c.line(
-            Level::Warn,
-            "CPU hotplug with SMM not negotiated: QEMU will refuse device_add of CPUs",
-            &[],
-        );
+        c.line(Level::Warn, arming::HOTPLUG_NOT_NEGOTIATED, &[]);
     }
     i32::from(st.hotplug)
 }
@@ -170,11 +166,7 @@ pub extern "C" fn rust_cpu_hotplug_present_cpus() -> i32 {
 #[no_mangle]
 pub extern "C" fn rust_cpu_hotplug_possible_cpus() -> i32 {
     let st = state();
-    if st.hotplug {
-        st.possible as i32
-    } else {
-        st.present as i32
-    }
+    arming::slots_to_lay_out(st.hotplug, st.present, st.possible) as i32
 }
 
 fn tsc_per_us() -> u64 {
