@@ -39,7 +39,8 @@ use q35::mch::Mch;
 use q35::pci::{PciConfig, LPC, MCH};
 use q35::{ich9, lapic};
 use smm_handler::arming;
-use smm_handler::layout::{tseg, window};
+use smm_handler::layout::tseg::{self, Tseg};
+use smm_handler::layout::window;
 use smm_handler::slots::MAX_SLOTS;
 
 use knobs::Knobs;
@@ -86,8 +87,21 @@ fn feature_names(f: u64) -> &'static str {
 /// RAM found at boot and where the firmware's own ranges go.
 struct Memory {
     ram: heapless::Vec<(u64, u64), 8>,
+    /// The top of RAM below 4 GiB, where TSEG ends.
+    low_top: u64,
+    tseg: Tseg,
     tseg_base: u32,
     tables_base: u64,
+}
+
+impl Memory {
+    /// Put TSEG (sized for the slots to lay out) at the top of low RAM and the coreboot
+    /// tables right below it.
+    fn place_tseg(&mut self, tseg: Tseg) {
+        self.tseg = tseg;
+        self.tseg_base = (self.low_top - u64::from(tseg.size)) as u32;
+        self.tables_base = u64::from(self.tseg_base) - memmap::TABLES_SIZE;
+    }
 }
 
 /// What SMM setup needs from the earlier boot steps.
@@ -105,7 +119,7 @@ extern "C" fn rom_main() -> ! {
     ich9::enable_pmbase(&HwPorts, ich9::PMBASE);
     let cfg = FwCfg::detect(&HwPorts).unwrap_or_else(|e| fatal!("fw_cfg: {:?}", e));
     apply_log_level(&cfg);
-    let mem = find_ram(&cfg);
+    let mut mem = find_ram(&cfg);
     let topo = count_cpus(&cfg);
     let knobs = Knobs::read(&cfg);
     let default_window = Mch::new(&HwPorts).query_default_smbase_smram();
@@ -113,11 +127,17 @@ extern "C" fn rom_main() -> ! {
         check_no_smm(&knobs, mem.tseg_base);
     }
     let granted = negotiate(&cfg, &topo, default_window, &knobs);
+    let hotplug = granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
+    let slots = arming::slots_to_lay_out(hotplug, topo.present, topo.possible);
+    // The policy never grants hotplug for more slots than a TSEG holds.
+    mem.place_tseg(
+        Tseg::for_slots(slots).unwrap_or_else(|| fatal!("no TSEG size holds {} SMM slots", slots)),
+    );
     let cpus = start_aps(&topo);
     if knobs.no_smm_baseline {
         log::warn!("BASELINE: no SMM set up at all (benchmark baseline only)");
     } else {
-        setup_smm(&cpus, granted, mem.tseg_base, default_window, &knobs);
+        setup_smm(&cpus, granted, &mem, default_window, &knobs);
         // QEMU must still report what was negotiated (nothing with the open-window knob).
         if granted != 0 {
             arming::check_features(&cfg, granted)
@@ -190,13 +210,22 @@ fn find_ram(cfg: &FwCfg<'_, HwPorts>) -> Memory {
             low_top >> 20
         );
     }
-    let tseg_base = (low_top - u64::from(tseg::SIZE)) as u32;
-    Memory {
+    let mut mem = Memory {
         ram,
-        tseg_base,
-        tables_base: u64::from(tseg_base) - memmap::TABLES_SIZE,
-    }
+        low_top,
+        tseg: SMALLEST_TSEG,
+        tseg_base: 0,
+        tables_base: 0,
+    };
+    mem.place_tseg(SMALLEST_TSEG);
+    mem
 }
+
+/// The TSEG of a single slot (1 MiB): where TSEG goes until the slot count is known.
+const SMALLEST_TSEG: Tseg = match Tseg::for_slots(1) {
+    Some(t) => t,
+    None => panic!("one slot always fits"),
+};
 
 /// Present CPUs (to start) and possible CPUs (to lay out SMM for), from the register block.
 fn count_cpus(cfg: &FwCfg<'_, HwPorts>) -> CpuTopology {
@@ -229,11 +258,11 @@ fn count_cpus(cfg: &FwCfg<'_, HwPorts>) -> CpuTopology {
             topo.recorded()
         );
     }
-    if topo.possible as usize > MAX_SLOTS && topo.present as usize > MAX_SLOTS {
+    if topo.present as usize > mp::MAX_CPUS {
         fatal!(
-            "{} present CPUs; the host ROM lays out at most {} SMM slots",
+            "{} present CPUs; the host ROM starts at most {} at boot (xAPIC IDs); more can be hot-added",
             topo.present,
-            MAX_SLOTS
+            mp::MAX_CPUS
         );
     }
     topo
@@ -255,8 +284,13 @@ fn negotiate(cfg: &FwCfg<'_, HwPorts>, topo: &CpuTopology, window: bool, knobs: 
         log::warn!("BASELINE: SMI features not negotiated (a firmware without SMM)");
         return 0;
     }
-    let policy =
-        arming::feature_policy(window, topo.possible, MAX_SLOTS as u32, topo.max_apic_id());
+    let policy = arming::feature_policy(
+        window,
+        topo.possible,
+        MAX_SLOTS as u32,
+        topo.max_apic_id(),
+        smm_handler::host::APIC_ID_LIMIT,
+    );
     for r in &policy.refusals {
         let (t, args) = r.template();
         logger::line(log::Level::Warn, t, &args);
@@ -385,7 +419,7 @@ fn memory_map(mem: &Memory, acpi: Option<&acpi::Tables>) -> memmap::Map {
         }),
         Some(Range {
             start: tseg_base,
-            end: tseg_base + u64::from(tseg::SIZE),
+            end: tseg_base + u64::from(mem.tseg.size),
             kind: RESERVED,
         }),
     ];
@@ -394,7 +428,8 @@ fn memory_map(mem: &Memory, acpi: Option<&acpi::Tables>) -> memmap::Map {
 }
 
 /// SMM the way coreboot's SMM stage sets it up; any failure stops the boot.
-fn setup_smm(cpus: &Cpus<'_>, granted: u64, tseg_base: u32, default_window: bool, knobs: &Knobs) {
+fn setup_smm(cpus: &Cpus<'_>, granted: u64, mem: &Memory, default_window: bool, knobs: &Knobs) {
+    let (tseg, tseg_base) = (mem.tseg, mem.tseg_base);
     let tsc_per_us = timer::tsc_per_us();
     log::debug!("TSC: {} ticks per microsecond", tsc_per_us);
     let topo = cpus.topo;
@@ -402,17 +437,12 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, tseg_base: u32, default_window: bool
     let module = romfs::find("smm").unwrap_or_else(|| fatal!("ROM has no SMM module (file 'smm')"));
     let module = smm::rmod::Rmod::parse(module).unwrap_or_else(|e| fatal!("SMM module: {:?}", e));
     let hotplug = granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
-    let slots = arming::slots_to_lay_out(hotplug, cpus.present.len() as u32, topo.possible);
-    // SAFETY: TSEG is the top 1 MiB of low RAM, not yet enabled, owned by firmware.
+    // SAFETY: TSEG is the top of low RAM, sized for the slots, not yet enabled, owned by
+    // firmware.
     let layout = unsafe {
-        smm::tseg::load(tseg_base, &module, slots, |p| {
+        smm::tseg::load(tseg, tseg_base, &module, |p| {
             p.boot.tsc_per_us = tsc_per_us;
             p.boot.log_level = smm_log_level(log::max_level());
-            // Only with hotplug negotiated does SMM ever act on other APIC IDs.
-            p.boot.record_possible(
-                (0..topo.possible).map(|s| topo.apic_id(s).unwrap_or(u32::MAX)),
-                hotplug,
-            );
             p.boot.magic = smm_handler::boot_info::BOOT_INFO_MAGIC;
             // SMM answers the diagnostic query for the slot check below until the boot
             // phase ends.
@@ -427,14 +457,14 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, tseg_base: u32, default_window: bool
         .present
         .iter()
         .enumerate()
-        .map(|(i, &a)| (a, tseg::slot_smbase(tseg_base, i as u32)))
+        .map(|(i, &a)| (a, tseg.slot_smbase(tseg_base, i as u32)))
         .collect();
-    smm::lock::enable_tseg().unwrap_or_else(|e| fatal!("TSEG: {:?}", e));
+    smm::lock::enable_tseg(tseg).unwrap_or_else(|e| fatal!("TSEG: {:?}", e));
     smm::relocate::relocate_all(&slot_cpus, cpus.bsp_apic)
         .unwrap_or_else(|e| fatal!("SMBASE relocation: {:?}", e));
     smm::relocate::verify_slots(&slot_cpus, cpus.bsp_apic)
         .unwrap_or_else(|e| fatal!("SMM check: {:?}", e));
-    end_boot_phase(tseg_base, &module);
+    end_boot_phase(tseg, tseg_base, &module);
     // Negative control for the attack test only (test image): the host (not the guest)
     // asks, via fw_cfg, for a ROM that leaves the default-SMBASE window open, to show the
     // attack succeeds without the lock.
@@ -446,11 +476,16 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, tseg_base: u32, default_window: bool
             window::WINDOW.end() - 1
         );
     }
-    smm::lock::install_and_lock(default_window && !insecure, tseg_base)
+    // Only with hotplug negotiated does SMM ever act on other APIC IDs (R6).
+    let possible = (0..topo.possible)
+        .take(if hotplug { usize::MAX } else { 0 })
+        .map(|s| topo.apic_id(s).unwrap_or(u32::MAX));
+    smm::lock::install_and_lock(default_window && !insecure, tseg_base, possible)
         .unwrap_or_else(|e| fatal!("SMRAM lock: {:?}", e));
     log::info!(
-        "SMRAM locked: TSEG {:#x}+1 MiB, D_LCK set, default-SMBASE window {}",
+        "SMRAM locked: TSEG {:#x}+{} MiB, D_LCK set, default-SMBASE window {}",
         tseg_base,
+        tseg.size >> 20,
         match (default_window, insecure) {
             (true, false) => "locked",
             (true, true) => "LEFT OPEN",
@@ -469,13 +504,13 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, tseg_base: u32, default_window: bool
 /// Clear the boot-phase flag in the SMM module's parameter block, then see whether SMM
 /// still answers the diagnostic query: only a module built with `diag-query` (the test
 /// image's) does.
-fn end_boot_phase(tseg_base: u32, module: &smm::rmod::Rmod<'_>) {
+fn end_boot_phase(t: Tseg, tseg_base: u32, module: &smm::rmod::Rmod<'_>) {
     let params = tseg_base + tseg::MODULE.base + module.params;
     let flag =
         params as usize + core::mem::offset_of!(smm_handler::boot_info::SmmParams, boot_phase);
     // SAFETY: the parameter block of the module `smm::tseg::load` placed in TSEG (its
     // offset checked by `Rmod::parse`); TSEG is enabled, not locked, no CPU is in SMM.
-    unsafe { smm::lock::end_boot_phase(flag as *mut u32) }
+    unsafe { smm::lock::end_boot_phase(t, flag as *mut u32) }
         .unwrap_or_else(|e| fatal!("SMM boot phase: {:?}", e));
     log::info!(
         "diagnostic query after boot: {}",

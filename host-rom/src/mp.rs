@@ -12,8 +12,10 @@ use crate::timer;
 
 /// SIPI page of the AP trampoline.
 pub const AP_TRAMPOLINE: u32 = smm_handler::layout::window::AP_TRAMPOLINE.base;
-/// Most CPUs the ROM starts (one per SMM slot).
-pub const MAX_CPUS: usize = smm_handler::slots::MAX_SLOTS;
+/// Most CPUs the ROM starts at boot: it starts and relocates present CPUs through xAPIC
+/// IPIs and its boot mailbox, both addressed by xAPIC ID (0-254; 0xFF is the broadcast).
+/// Hot-added CPUs are not started by the ROM and may have any APIC ID.
+pub const MAX_CPUS: usize = smm_handler::layout::XAPIC_IDS - 1;
 /// Bytes of each AP's stack (`AP_STACKS`, picked by `host-rom/asm/mp.S`).
 const AP_STACK_SIZE: usize = 16 * 1024;
 

@@ -3,7 +3,7 @@
 //! and require one distinct slot (and SMBASE inside TSEG) per CPU. Every wait is
 //! bounded: a CPU that never answers is reported, not waited out.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::cbtables::Tables;
 use crate::clock;
@@ -41,6 +41,9 @@ pub(crate) static STARTED: AtomicU32 = AtomicU32::new(0);
 /// APMC 4 writes each AP makes right after it checked in (the two-CPU storm test).
 pub(crate) static AP_APMC4_WRITES: AtomicU32 = AtomicU32::new(0);
 
+/// Each AP switches its local APIC to x2APIC mode as it starts (the `x2apic` variant).
+pub(crate) static AP_X2APIC: AtomicBool = AtomicBool::new(false);
+
 /// Lowest SMBASE a relocated CPU may have: every slot lies in TSEG, above 1 MiB (well
 /// clear of the default SMBASE).
 pub(crate) const MIN_SLOT_SMBASE: u32 = 0x10_0000;
@@ -49,7 +52,11 @@ pub(crate) const MIN_SLOT_SMBASE: u32 = 0x10_0000;
 /// raise one diagnostic SMI, report the answer and halt.
 pub fn ap_main(index: u32) -> ! {
     if let Some(me) = APS.get(index as usize) {
-        lapic::enable();
+        if AP_X2APIC.load(Ordering::SeqCst) {
+            lapic::enable_x2apic();
+        } else {
+            lapic::enable();
+        }
         me.apic.store(lapic::cpuid_apic_id(), Ordering::SeqCst);
         for _ in 0..AP_APMC4_WRITES.load(Ordering::SeqCst) {
             crate::hotplug::raise_apmc4();

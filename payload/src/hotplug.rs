@@ -13,8 +13,8 @@ use crate::cpus::{self, find_ap, init_sipi_sipi};
 use crate::{attack, println, Report};
 use q35::cpuhp::{self, CpuHp};
 use q35::fw_cfg::FwCfg;
-use q35::ich9;
 use q35::io::{HwPorts, PortIo};
+use q35::{ich9, lapic};
 
 /// What the harness asked for, read from fw_cfg `opt/payload/*` files.
 pub struct Plan {
@@ -31,6 +31,9 @@ pub struct Plan {
     pub apmc4_storm: u32,
     /// `apmc4-storm` with `:2cpu`: an AP writes APMC 4 at the same time as the BSP.
     pub storm_two_cpus: bool,
+    /// `x2apic` variant: every CPU switches its local APIC to x2APIC mode, as Linux does
+    /// with APIC IDs above 254 (the BSP before the hot-add, each AP as it starts).
+    pub x2apic: bool,
 }
 
 impl Plan {
@@ -43,6 +46,7 @@ impl Plan {
             sipi_attack: false,
             apmc4_storm: 0,
             storm_two_cpus: false,
+            x2apic: false,
         };
         let Ok(cfg) = FwCfg::detect(&HwPorts) else {
             return p;
@@ -56,6 +60,7 @@ impl Plan {
             p.early_init = v.contains("early-init");
             p.sipi_attack = v.contains("sipi-attack");
             p.attack = v.contains("attack");
+            p.x2apic = v.contains("x2apic");
         }
         let mut b = [0u8; 32];
         if let Some(v) = crate::fw_cfg_text(&cfg, "opt/payload/apmc4-storm", &mut b) {
@@ -220,6 +225,18 @@ pub fn run(r: &mut Report, plan: &Plan, tseg: Option<u32>) {
     let pmbase = ich9::pmbase(&ports).unwrap_or(ich9::PMBASE);
     let tm = clock::timer();
     attack::plant(plan, tseg);
+    if plan.x2apic {
+        // As Linux with APIC IDs above 254: only x2APIC mode can start such a CPU.
+        let on = lapic::enable_x2apic();
+        cpus::AP_X2APIC.store(on, Ordering::SeqCst);
+        r.check(
+            "x2apic-mode",
+            on,
+            format_args!(
+                "BSP local APIC in x2APIC mode (APs switch as they start; QEMU needs -cpu ...,x2apic=on)"
+            ),
+        );
+    }
     println!("payload: ready for hotplug of {} CPU(s)", plan.expect_cpus);
     let mut onlined = 0u32;
     let mut slots: heapless::Vec<u32, 64> = heapless::Vec::new();

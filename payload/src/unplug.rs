@@ -723,5 +723,6 @@ fn attack_plan() -> hotplug::Plan {
         sipi_attack: false,
         apmc4_storm: 0,
         storm_two_cpus: false,
+        x2apic: false,
     }
 }

@@ -4,8 +4,8 @@
    layout.rs, save_state.rs or q35::lapic.
 
    Rules (R16): no stack (SS:SP and IDTR are still the interrupted context's), no
-   instruction that can fault, nothing read outside the window except CPUID, and the only
-   loop is the one on the gate. Addressing is absolute through EDI = 0 with DS base 0
+   instruction that can fault, nothing read outside the window except CPUID, and two
+   loops only: the search of the possible-CPU table (bounded by its size) and the gate. Addressing is absolute through EDI = 0 with DS base 0
    (the SMM entry state), so the code does not depend on CS and the self-SIPI restart at
    CS = 0x3800 simply runs it again. */
     .section .rodata.first_smi_handler, "a"
@@ -32,11 +32,22 @@ first_smi_handler_start:
     /* Step 1: the initial APIC ID into ESI. */
     CPUID_APIC_ID
 
-    /* Step 2: announce arrival: arrived[id] := round, for IDs that have an entry. */
-    cmpl ${arrived_entries}, %esi
+    /* Step 2: announce arrival: find our APIC ID among the possible CPUs (the table boot
+       code wrote before the lock; its count clamped to the table's size) and store the
+       round at the same index. A CPU that is not a possible one leaves no mark. */
+    movl {pos_count}(%edi), %ecx
+    cmpl ${max_possible}, %ecx
+    jbe 7f
+    movl ${max_possible}, %ecx
+7:  xorl %ebx, %ebx
+8:  cmpl %ecx, %ebx
     jae 2f
-    movl {ctx_round}(%edi), %eax
-    movl %eax, {ctx_arrived}(%edi,%esi,4)
+    cmpl %esi, {pos_apic_ids}(%edi,%ebx,4)
+    je 9f
+    incl %ebx
+    jmp 8b
+9:  movl {ctx_round}(%edi), %eax
+    movl %eax, {pos_arrived}(%edi,%ebx,4)
 2:
     /* Step 3: knock until the gate holds our APIC ID: cmpxchg8b compares EDX:EAX =
        (0, id) with the gate and on a match stores ECX:EBX = all-ones, closing it again

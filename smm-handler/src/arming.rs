@@ -29,10 +29,13 @@ pub enum Refusal {
         /// Slots the host can lay out.
         slots: u32,
     },
-    /// A possible CPU's APIC ID does not fit xAPIC (the handler's IPIs and arrival marks).
+    /// A possible CPU's APIC ID is beyond what the host can route to a slot (coreboot's
+    /// stub table holds 16-bit APIC IDs; no host takes the x2APIC broadcast ID).
     ApicIdTooLarge {
         /// The largest possible APIC ID.
         max: u32,
+        /// The largest APIC ID the host routes.
+        limit: u32,
     },
 }
 
@@ -48,9 +51,9 @@ impl Refusal {
                 "{} possible CPUs exceed {} SMM slots: CPU hotplug not offered",
                 [possible.into(), slots.into()],
             ),
-            Refusal::ApicIdTooLarge { max } => (
-                "APIC IDs up to {} do not fit xAPIC: CPU hotplug not offered",
-                [max.into(), 0],
+            Refusal::ApicIdTooLarge { max, limit } => (
+                "APIC IDs up to {:#x} exceed the {:#x} this firmware routes: CPU hotplug not offered",
+                [max.into(), limit.into()],
             ),
         }
     }
@@ -66,9 +69,15 @@ pub struct Policy {
 }
 
 /// Decide the SMI features from what boot found: whether the default-SMBASE window
-/// exists, the possible CPUs, how many slots the host can lay out, and the largest
-/// possible APIC ID.
-pub fn feature_policy(window: bool, possible: u32, slot_limit: u32, max_apic_id: u32) -> Policy {
+/// exists, the possible CPUs, how many slots the host can lay out, the largest possible
+/// APIC ID and the largest the host routes ([`crate::host::APIC_ID_LIMIT`] or less).
+pub fn feature_policy(
+    window: bool,
+    possible: u32,
+    slot_limit: u32,
+    max_apic_id: u32,
+    apic_id_limit: u32,
+) -> Policy {
     let mut refusals = heapless::Vec::new();
     if !window {
         let _ = refusals.push(Refusal::NoDefaultSmbaseWindow);
@@ -79,8 +88,12 @@ pub fn feature_policy(window: bool, possible: u32, slot_limit: u32, max_apic_id:
             slots: slot_limit,
         });
     }
-    if max_apic_id >= crate::layout::XAPIC_BROADCAST {
-        let _ = refusals.push(Refusal::ApicIdTooLarge { max: max_apic_id });
+    let limit = apic_id_limit.min(crate::host::APIC_ID_LIMIT);
+    if max_apic_id > limit {
+        let _ = refusals.push(Refusal::ApicIdTooLarge {
+            max: max_apic_id,
+            limit,
+        });
     }
     let hotplug = if refusals.is_empty() {
         SMI_FEATURE_CPU_HOTPLUG | SMI_FEATURE_CPU_HOT_UNPLUG
@@ -172,15 +185,20 @@ impl ArmError {
     }
 }
 
-/// Install the first-SMI handler, its context and the pen, lock the default-SMBASE window
-/// (MCH 0x9C), and check from outside SMM that it now reads all-ones (R2, R3).
+/// Install the first-SMI handler, its context, the possible CPUs' APIC IDs by selector
+/// (`possible`: none when CPU hotplug was not negotiated, so that SMM acts on no other
+/// APIC ID, R6) and the pen, lock the default-SMBASE window (MCH 0x9C), and check from
+/// outside SMM that it now reads all-ones (R2, R3).
 ///
 /// # Safety
 /// The window and the pen page must be unlocked firmware RAM that nothing else uses any
 /// more (every AP has left the boot code that ran there).
-pub unsafe fn install_and_lock_window<P: PortIo>(ports: &P) -> Result<(), ArmError> {
+pub unsafe fn install_and_lock_window<P: PortIo>(
+    ports: &P,
+    possible: impl IntoIterator<Item = u32>,
+) -> Result<(), ArmError> {
     // SAFETY: the caller guarantees the window and the pen page are ours.
-    unsafe { first_smi::install() };
+    unsafe { first_smi::install(possible) };
     let m = Mch::new(ports);
     if !m.lock_default_smbase_smram() {
         return Err(ArmError::WindowNotLocked(m.raw_default_smbase_smram()));
@@ -260,10 +278,10 @@ mod tests {
 
     #[test]
     fn hotplug_is_offered_only_when_every_precondition_holds() {
-        let p = feature_policy(true, 8, 64, 7);
+        let p = feature_policy(true, 8, 64, 7, u32::MAX);
         assert_eq!(p.wanted, 7);
         assert!(p.refusals.is_empty());
-        let p = feature_policy(false, 80, 64, 300);
+        let p = feature_policy(false, 80, 64, 0x1_0000, 0xFFFE);
         assert_eq!(p.wanted, SMI_FEATURE_BROADCAST);
         assert_eq!(p.refusals.len(), 3);
         assert_eq!(

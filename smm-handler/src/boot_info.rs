@@ -14,9 +14,8 @@ pub const BOOT_INFO_MAGIC: u32 = 0x4942_5048;
 pub struct BootInfo {
     /// [`BOOT_INFO_MAGIC`] once the block is complete (written last).
     pub magic: u32,
-    /// Possible CPUs counted at boot; 0 when CPU hotplug was not negotiated, so SMM acts
-    /// on no APIC ID other than the boot CPUs' (R6).
-    pub possible_count: u32,
+    /// Reserved (the possible CPUs are in the window's [`crate::layout::PossibleCpus`]).
+    pub _reserved0: u32,
     /// TSC ticks per microsecond, calibrated at boot against the PM timer. SMM trusts
     /// only the TSC: the PM timer's PMBASE is OS-writable (`docs/qemu.md#q-pm-timer`).
     pub tsc_per_us: u64,
@@ -27,8 +26,6 @@ pub struct BootInfo {
     /// Address of the host's APIC-ID routing table (coreboot's `apic_id_to_cpu`, one
     /// u16 per slot), or 0 where each slot's entry stub knows its own slot (host ROM).
     pub route_table: u64,
-    /// APIC ID of each possible CPU, by selector (the only IDs hotplug accepts, R6).
-    pub possible_apic_ids: [u32; MAX_SLOTS],
 }
 
 impl BootInfo {
@@ -36,38 +33,17 @@ impl BootInfo {
     pub const fn empty() -> Self {
         Self {
             magic: 0,
-            possible_count: 0,
+            _reserved0: 0,
             tsc_per_us: 0,
             log_level: crate::log::Level::Info as u32,
             _reserved: 0,
             route_table: 0,
-            possible_apic_ids: [u32::MAX; MAX_SLOTS],
         }
     }
 
-    /// Whether boot code finished the block and its counts are in range.
+    /// Whether boot code finished the block.
     pub fn is_valid(&self) -> bool {
-        self.magic == BOOT_INFO_MAGIC && self.possible_count as usize <= MAX_SLOTS
-    }
-
-    /// The possible CPUs' APIC IDs, by selector.
-    pub fn possible(&self) -> &[u32] {
-        let n = (self.possible_count as usize).min(MAX_SLOTS);
-        self.possible_apic_ids.get(..n).unwrap_or(&[])
-    }
-
-    /// Record the possible CPUs (`apic_ids` by selector), or none when CPU hotplug was
-    /// not negotiated.
-    pub fn record_possible(&mut self, apic_ids: impl Iterator<Item = u32>, hotplug: bool) {
-        self.possible_apic_ids = [u32::MAX; MAX_SLOTS];
-        self.possible_count = 0;
-        if !hotplug {
-            return;
-        }
-        for (dst, id) in self.possible_apic_ids.iter_mut().zip(apic_ids) {
-            *dst = id;
-            self.possible_count += 1;
-        }
+        self.magic == BOOT_INFO_MAGIC
     }
 }
 

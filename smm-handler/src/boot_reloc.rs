@@ -6,7 +6,7 @@ use core::mem::offset_of;
 use core::ptr::addr_of;
 
 use crate::layout::window::BOOT_MAILBOX;
-use crate::layout::{BootMailbox, ARRIVED_ENTRIES, DEFAULT_SMBASE};
+use crate::layout::{BootMailbox, DEFAULT_SMBASE, XAPIC_IDS};
 use crate::save_state as ss;
 
 const fn mb(off: usize) -> u32 {
@@ -18,7 +18,7 @@ core::arch::global_asm!(
         include_str!("../asm/cpuid_apic_id.S"),
         include_str!("../asm/boot_reloc.S")
     ),
-    entries = const ARRIVED_ENTRIES,
+    entries = const XAPIC_IDS,
     mb_new_smbase = const mb(offset_of!(BootMailbox, new_smbase)),
     mb_done = const mb(offset_of!(BootMailbox, done)),
     mb_unknown_apic = const mb(offset_of!(BootMailbox, unknown_apic)),

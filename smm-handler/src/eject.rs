@@ -33,15 +33,6 @@ pub const T_PARK_US: u64 = 100_000;
 /// gone meanwhile ([`Host::expect_stall`]).
 pub const T_EJECT_STALL_US: u64 = 30_000_000;
 
-/// The selector of `apic` in the boot table.
-fn selector_of<H: Host + ?Sized>(h: &H, apic: u32) -> Option<u32> {
-    h.data()
-        .possible_apic_ids
-        .iter()
-        .position(|&a| a == apic)
-        .map(|p| p as u32)
-}
-
 /// Step 1: mark the slots of the CPUs at `selectors` REMOVING. Idempotent: a CPU already
 /// being removed is skipped quietly (R10); unknown CPUs and the boot CPU are refused.
 pub fn plan<H: Host + ?Sized>(h: &H, selectors: &heapless::Vec<u32, MAX_BATCH>) {
@@ -160,7 +151,7 @@ fn is_gone<H: Host + ?Sized>(h: &H, sel: u32) -> Option<bool> {
 /// Eject the CPU of `slot` by selector and check that it is gone.
 fn eject<H: Host + ?Sized>(h: &H, slot: usize, apic: u32, s: &mut Summary) {
     let d = h.data();
-    let Some(sel) = selector_of(h, apic) else {
+    let Some(sel) = h.data().selector_of(apic) else {
         d.slots.set(slot, slots::QUARANTINED, apic);
         return;
     };
@@ -214,7 +205,7 @@ pub fn forget_gone<H: Host + ?Sized>(h: &H, s: &mut Summary) {
             continue;
         }
         let apic = d.slots.apic(slot);
-        let Some(sel) = selector_of(h, apic) else {
+        let Some(sel) = h.data().selector_of(apic) else {
             continue;
         };
         if apic == me || sel == 0 {

@@ -10,9 +10,10 @@ use core::mem::offset_of;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_bytes, write_volatile};
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use crate::layout::window::{CONTEXT, HANDLER, PEN, PEN_SIGNAL};
-use crate::layout::{Context, ARRIVED_ENTRIES, DEFAULT_SMBASE, GATE_CLOSED};
+use crate::layout::window::{CONTEXT, HANDLER, PEN, PEN_SIGNAL, POSSIBLE};
+use crate::layout::{Context, PossibleCpus, DEFAULT_SMBASE, GATE_CLOSED};
 use crate::save_state as ss;
+use crate::slots::MAX_SLOTS;
 use q35::lapic;
 
 /// Real-mode reset value of CR0 (CD, NW, ET) written into the return context; never
@@ -41,6 +42,11 @@ const fn ctx(off: usize) -> u32 {
     CONTEXT.base + off as u32
 }
 
+/// Absolute address of possible-CPU table field at `off`.
+const fn pos(off: usize) -> u32 {
+    POSSIBLE.base + off as u32
+}
+
 core::arch::global_asm!(
     concat!(
         include_str!("../asm/cpuid_apic_id.S"),
@@ -51,13 +57,15 @@ core::arch::global_asm!(
     icr_high = const lapic::XAPIC_DEFAULT_BASE + lapic::XAPIC_ICR_HIGH,
     icr_low = const lapic::XAPIC_DEFAULT_BASE + lapic::XAPIC_ICR_LOW,
     self_sipi = const SELF_SIPI,
-    arrived_entries = const ARRIVED_ENTRIES,
+    max_possible = const MAX_SLOTS,
     ctx_gate = const ctx(offset_of!(Context, gate)),
     ctx_new_smbase = const ctx(offset_of!(Context, new_smbase)),
     ctx_about_to_leave = const ctx(offset_of!(Context, about_to_leave)),
     ctx_round = const ctx(offset_of!(Context, round)),
     ctx_gate_taken_tsc = const ctx(offset_of!(Context, gate_taken_tsc)),
-    ctx_arrived = const ctx(offset_of!(Context, arrived)),
+    pos_count = const pos(offset_of!(PossibleCpus, count)),
+    pos_apic_ids = const pos(offset_of!(PossibleCpus, apic_ids)),
+    pos_arrived = const pos(offset_of!(PossibleCpus, arrived)),
     ss_revision = const at(ss::REVISION),
     ss_smbase = const at(ss::SMBASE),
     default_smbase = const DEFAULT_SMBASE,
@@ -116,21 +124,37 @@ fn context() -> *mut Context {
     CONTEXT.base as usize as *mut Context
 }
 
-/// Install the context (gate closed, round 1, nothing arrived), the handler and the pen.
+fn possible_table() -> *mut PossibleCpus {
+    POSSIBLE.base as usize as *mut PossibleCpus
+}
+
+/// Install the context (gate closed, round 1), the possible CPUs' APIC IDs by selector
+/// (`possible`: none when CPU hotplug was not negotiated; the first [`MAX_SLOTS`] are
+/// kept) with no arrival marks, the handler and the pen.
 ///
 /// # Safety
 /// The default-SMBASE window and the pen page must be writable RAM that nothing else
 /// uses, and the window must not be locked yet (both hosts call this at boot, right
 /// before the 0x9C lock).
-pub unsafe fn install() {
+pub unsafe fn install(possible: impl IntoIterator<Item = u32>) {
     let c = context();
-    // SAFETY: the caller guarantees the window is ours; the context fits its region
-    // (asserted in layout.rs) and the handler blob fits HANDLER (checked below).
+    let t = possible_table();
+    // SAFETY: the caller guarantees the window is ours; the context and the table fit
+    // their regions (asserted in layout.rs) and the handler blob fits HANDLER (checked
+    // below).
     unsafe {
         write_bytes(c, 0, 1);
         write_volatile(addr_of_mut!((*c).gate), GATE_CLOSED);
         // The arrival mark the handler stores; non-zero so that 0 means "not arrived".
         write_volatile(addr_of_mut!((*c).round), 1);
+        write_bytes(t, 0, 1);
+        let ids = addr_of_mut!((*t).apic_ids).cast::<u32>();
+        let mut n = 0;
+        for id in possible.into_iter().take(MAX_SLOTS) {
+            write_volatile(ids.add(n), id);
+            n += 1;
+        }
+        write_volatile(addr_of_mut!((*t).count), n as u32);
         let h = handler_code();
         let len = h.len().min(HANDLER.size as usize);
         core::ptr::copy_nonoverlapping(h.as_ptr(), HANDLER.base as usize as *mut u8, len);
@@ -153,12 +177,29 @@ pub unsafe fn install_pen() {
     }
 }
 
-/// The arrival mark of `apic` in the context, if the table has an entry for it.
-fn arrived_mark(apic: u32) -> Option<*mut u32> {
-    let i = apic as usize;
-    // SAFETY: only an address is computed, inside the table (i < ARRIVED_ENTRIES).
-    (i < ARRIVED_ENTRIES)
-        .then(|| unsafe { addr_of_mut!((*context()).arrived).cast::<u32>().add(i) })
+/// The possible CPUs' APIC IDs by selector, as boot code installed them (empty when CPU
+/// hotplug was not negotiated). Only valid after [`install`]; in SMM the table is locked
+/// SMRAM that nothing writes any more.
+pub fn possible_apic_ids() -> &'static [u32] {
+    let t = possible_table();
+    // SAFETY: the table lies in the window, written once at boot before the 0x9C lock and
+    // never again (only the separate `arrived` array changes); the count is clamped to
+    // the array's length.
+    unsafe {
+        let n = (read_volatile(addr_of!((*t).count)) as usize).min(MAX_SLOTS);
+        core::slice::from_raw_parts(addr_of!((*t).apic_ids).cast::<u32>(), n)
+    }
+}
+
+/// The arrival mark of the possible CPU at `selector`, if the table has an entry for it.
+fn arrived_mark(selector: u32) -> Option<*mut u32> {
+    let i = selector as usize;
+    // SAFETY: only an address is computed, inside the table (i < MAX_SLOTS).
+    (i < MAX_SLOTS).then(|| unsafe {
+        addr_of_mut!((*possible_table()).arrived)
+            .cast::<u32>()
+            .add(i)
+    })
 }
 
 /// The monarch's view of the default-SMBASE window and the pen page.
@@ -177,10 +218,11 @@ pub trait Window {
     }
     /// Clear [`Self::gate_taken_tsc`] before the next admission.
     fn clear_gate_taken_tsc(&self) {}
-    /// The arrival mark of `apic` (0 = not arrived); IDs beyond the table have none.
-    fn arrived(&self, apic: u32) -> u32;
-    /// Forget the arrival mark of `apic`.
-    fn clear_arrived(&self, apic: u32);
+    /// The arrival mark of the possible CPU at `selector` (0 = not arrived); selectors
+    /// beyond the table have none.
+    fn arrived(&self, selector: u32) -> u32;
+    /// Forget the arrival mark of the possible CPU at `selector`.
+    fn clear_arrived(&self, selector: u32);
     /// Re-install the pen code (the page is OS-writable) and clear its signal byte.
     fn reset_pen(&self);
     /// The pen's signal byte (OS-writable: a liveness hint only, R4).
@@ -219,12 +261,12 @@ impl Window for FixedWindow {
         // SAFETY: context field in SMRAM.
         unsafe { write_volatile(addr_of_mut!((*context()).about_to_leave), 0) }
     }
-    fn arrived(&self, apic: u32) -> u32 {
-        // SAFETY: `arrived_mark` points into the context's arrival table in SMRAM.
-        arrived_mark(apic).map_or(0, |p| unsafe { read_volatile(p) })
+    fn arrived(&self, selector: u32) -> u32 {
+        // SAFETY: `arrived_mark` points into the window's arrival marks in SMRAM.
+        arrived_mark(selector).map_or(0, |p| unsafe { read_volatile(p) })
     }
-    fn clear_arrived(&self, apic: u32) {
-        if let Some(p) = arrived_mark(apic) {
+    fn clear_arrived(&self, selector: u32) {
+        if let Some(p) = arrived_mark(selector) {
             // SAFETY: as for `arrived`.
             unsafe { write_volatile(p, 0) }
         }

@@ -12,6 +12,11 @@ use q35::io::PortIo;
 
 /// A routing-table entry that routes nothing (coreboot's `apic_id_to_cpu` convention).
 pub const NO_ROUTE: u16 = 0xFFFF;
+/// The largest APIC ID a 16-bit routing table holds (coreboot's stub).
+pub const ROUTED_APIC_ID_MAX: u32 = NO_ROUTE as u32 - 1;
+/// The largest APIC ID the handler acts on: every 32-bit x2APIC ID but the broadcast one
+/// (all-ones, which is also [`crate::slots::NO_APIC`]).
+pub const APIC_ID_LIMIT: u32 = u32::MAX - 1;
 
 /// What the handler reads from its host, all in SMRAM.
 #[derive(Clone, Copy)]
@@ -42,6 +47,14 @@ impl HostData<'_> {
     /// Whether `apic` is one of the possible CPUs recorded at boot.
     pub fn is_possible(&self, apic: u32) -> bool {
         self.possible_apic_ids.contains(&apic)
+    }
+
+    /// The selector (possible-CPU index) of `apic` in the boot table.
+    pub fn selector_of(&self, apic: u32) -> Option<u32> {
+        self.possible_apic_ids
+            .iter()
+            .position(|&a| a == apic)
+            .map(|p| p as u32)
     }
 
     /// Possible CPUs recorded at boot.

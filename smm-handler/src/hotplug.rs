@@ -246,10 +246,22 @@ fn push_unique(v: &mut heapless::Vec<u32, MAX_BATCH>, apic: u32) {
 /// Validate a candidate APIC ID (R6); logs why it is skipped.
 fn acceptable<H: Host + ?Sized>(h: &H, apic: u32) -> bool {
     let d = h.data();
-    if apic >= crate::layout::XAPIC_BROADCAST {
-        smm_log!(h, Warn, "APIC ID {} does not fit xAPIC, skipped", apic);
+    if apic > crate::host::APIC_ID_LIMIT {
+        smm_log!(
+            h,
+            Warn,
+            "APIC ID {:#x} is the x2APIC broadcast, skipped",
+            apic
+        );
     } else if !d.is_possible(apic) {
         smm_log!(h, Warn, "APIC ID {} is not a possible CPU, skipped", apic);
+    } else if d.routes.is_some() && apic > crate::host::ROUTED_APIC_ID_MAX {
+        smm_log!(
+            h,
+            Warn,
+            "APIC ID {:#x} does not fit the host's 16-bit routing table, skipped",
+            apic
+        );
     } else {
         // Already known is the idempotent case (edk2 020bb4b46d): skipped quietly. A GONE
         // slot is known too, but a CPU with its APIC ID is a new one if it arrives.
@@ -308,27 +320,33 @@ pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
 }
 
 /// Stragglers: CPUs that arrived in the first-SMI handler earlier and were never
-/// relocated (their insert event is gone), found through the arrival marks.
-/// Only a CPU whose selector (by the boot table) QEMU reports present, with this APIC ID,
+/// relocated (their insert event is gone), found through the arrival marks (a walk of
+/// SMRAM; the register block is read only for marked CPUs).
+/// Only a CPU whose selector QEMU reports present, with the APIC ID boot recorded there,
 /// is taken: the same evidence that later decides whether it is gone
 /// ([`eject::forget_gone`]).
 fn add_stragglers<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BATCH>) {
     let (w, d) = (h.window(), h.data());
     let hp = CpuHp::new(h.ports());
-    for apic in 0..crate::layout::ARRIVED_ENTRIES as u32 {
-        if w.arrived(apic) == 0 || cands.contains(&apic) {
+    for (sel, &apic) in d.possible_apic_ids.iter().enumerate() {
+        let sel = sel as u32;
+        if w.arrived(sel) == 0 || cands.contains(&apic) {
             continue;
         }
-        let Some(sel) = d.possible_apic_ids.iter().position(|&a| a == apic) else {
-            continue;
-        };
-        hp.select(sel as u32);
+        hp.select(sel);
         if hp.status() & cpuhp::STS_ENABLED == 0 {
             // The CPU is gone (ejected before it was relocated): its mark is stale.
-            w.clear_arrived(apic);
+            w.clear_arrived(sel);
         } else if hp.arch_id() == Some(apic) {
             push_unique(cands, apic);
         }
+    }
+}
+
+/// Clear the arrival mark of the possible CPU with `apic`.
+pub(crate) fn clear_arrived<H: Host + ?Sized>(h: &H, apic: u32) {
+    if let Some(sel) = h.data().selector_of(apic) {
+        h.window().clear_arrived(sel);
     }
 }
 
@@ -340,41 +358,50 @@ fn arrival_barrier<H: Host + ?Sized>(
     h: &H,
     cands: &mut heapless::Vec<u32, MAX_BATCH>,
 ) -> Option<u32> {
-    let w = h.window();
-    let all_arrived = |c: &heapless::Vec<u32, MAX_BATCH>| c.iter().all(|&a| w.arrived(a) != 0);
-    match wait(h, T_ARRIVE_US, || all_arrived(cands)) {
+    let (w, d) = (h.window(), h.data());
+    // Each candidate's selector, looked up once: the waits poll the marks by it.
+    let sels: heapless::Vec<u32, MAX_BATCH> = cands
+        .iter()
+        .map(|&a| d.selector_of(a).unwrap_or(u32::MAX))
+        .collect();
+    let pairs = || cands.iter().copied().zip(sels.iter().copied());
+    let all_arrived = || sels.iter().all(|&s| w.arrived(s) != 0);
+    match wait(h, T_ARRIVE_US, all_arrived) {
         Wait::Met => return Some(0),
         Wait::Deposed => return None,
         Wait::TimedOut => {}
     }
-    for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
+    for (a, _) in pairs().filter(|&(_, s)| w.arrived(s) == 0) {
         // Plugged just after the broadcast (edk2 cbccf99592): a directed SMI.
-        h.send_ipi(a, lapic::ICR_SMI);
+        send_ipi_or_log(h, a, lapic::ICR_SMI);
     }
-    match wait(h, T_SMI_IPI_US, || all_arrived(cands)) {
+    match wait(h, T_SMI_IPI_US, all_arrived) {
         Wait::Met => {}
         Wait::Deposed => return None,
         Wait::TimedOut => {
-            for &a in cands.iter().filter(|&&a| w.arrived(a) == 0) {
+            for (a, _) in pairs().filter(|&(_, s)| w.arrived(s) == 0) {
                 // Cancel whatever SMI is still outstanding (TCG: INIT discards it) and,
                 // on KVM semantics, let a latched SMI be taken at the pen. Never sent to
                 // a CPU that arrived (R13).
                 let vec = crate::layout::window::PEN.base >> 12;
-                h.send_ipi(a, lapic::ICR_INIT);
+                if !send_ipi_or_log(h, a, lapic::ICR_INIT) {
+                    continue;
+                }
                 delay(h, 10_000);
                 h.send_ipi(a, lapic::ICR_STARTUP | vec);
                 delay(h, 200);
                 h.send_ipi(a, lapic::ICR_STARTUP | vec);
             }
-            if wait(h, T_INIT_US, || all_arrived(cands)) == Wait::Deposed {
+            if wait(h, T_INIT_US, all_arrived) == Wait::Deposed {
                 return None;
             }
         }
     }
-    let before = cands.len();
-    cands.retain(|&a| {
-        let ok = w.arrived(a) != 0;
-        if !ok {
+    let mut kept: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
+    for (a, s) in pairs() {
+        if w.arrived(s) != 0 {
+            let _ = kept.push(a);
+        } else {
             smm_log!(
                 h,
                 Warn,
@@ -382,10 +409,28 @@ fn arrival_barrier<H: Host + ?Sized>(
                 a
             );
         }
-        ok
-    });
+    }
+    let never = (cands.len() - kept.len()) as u32;
+    *cands = kept;
     w.reset_pen();
-    Some((before - cands.len()) as u32)
+    Some(never)
+}
+
+/// Send an IPI the barrier needs; when the host cannot (an x2APIC ID while the OS keeps
+/// the local APIC in xAPIC mode, whose ICR addresses 8 bits and whose ID 0xFF is the
+/// broadcast), say so: the CPU can then only arrive through a broadcast SMI.
+fn send_ipi_or_log<H: Host + ?Sized>(h: &H, apic: u32, icr_low: u32) -> bool {
+    let sent = h.send_ipi(apic, icr_low);
+    if !sent {
+        smm_log!(
+            h,
+            Warn,
+            "IPI {:#x} to APIC ID {} not sent (xAPIC mode cannot address it)",
+            icr_low,
+            apic
+        );
+    }
+    sent
 }
 
 /// Relocate one arrived CPU into the first free slot
@@ -460,7 +505,7 @@ fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
     let tsc_pen = tsc();
     d.slots.set(n, slots::ACTIVE, apic);
     d.slots.set_phase(n, Phase::Idle);
-    w.clear_arrived(apic);
+    clear_arrived(h, apic);
     s.relocated += 1;
     let us = h.now_us().wrapping_sub(t0);
     smm_log!(
@@ -504,7 +549,7 @@ fn gate_timeout<H: Host + ?Sized>(h: &H, apic: u32, n: usize, s: &mut Summary) -
     let (w, d) = (h.window(), h.data());
     if w.gate_cas(u64::from(apic), GATE_CLOSED) {
         undo(h, n);
-        w.clear_arrived(apic);
+        clear_arrived(h, apic);
         smm_log!(
             h,
             Warn,
@@ -564,7 +609,7 @@ pub fn recover_lost_monarch<H: Host + ?Sized>(h: &H) {
             // It finished: the monarch died after the CPU reached the pen.
             d.slots.set(n, slots::ACTIVE, apic);
             d.slots.set_phase(n, Phase::Idle);
-            w.clear_arrived(apic);
+            clear_arrived(h, apic);
         } else if left {
             // It left SMM with its new SMBASE but never reached the pen: as in service.
             d.slots.set(n, slots::QUARANTINED, apic);

@@ -75,6 +75,9 @@ pub mod window {
     pub const BOOT_MAILBOX: Region = Region::new(DEFAULT_SMBASE + 0x2000, 0x1000);
     /// The host ROM's AP start-up page (SIPI vector 0x33), used only at boot.
     pub const AP_TRAMPOLINE: Region = Region::new(DEFAULT_SMBASE + 0x3000, 0x1000);
+    /// The possible CPUs' APIC IDs by selector and their arrival marks
+    /// ([`super::PossibleCpus`]): written at boot, read by the first-SMI handler and SMM.
+    pub const POSSIBLE: Region = Region::new(DEFAULT_SMBASE + 0x4000, 0x3000);
     /// Where a CPU at the default SMBASE enters SMM: the first-SMI handler after boot, the
     /// boot relocation stub during boot. It ends where the shared save state begins.
     pub const HANDLER: Region = Region::new(
@@ -94,11 +97,12 @@ pub mod window {
     /// What the memory map must reserve: the window and the pen page.
     pub const RESERVED: Region = Region::new(WINDOW.base, PEN.end() - WINDOW.base);
 
-    const PARTS: [Region; 6] = [
+    const PARTS: [Region; 7] = [
         CONTEXT,
         BOOT_INFO,
         BOOT_MAILBOX,
         AP_TRAMPOLINE,
+        POSSIBLE,
         HANDLER,
         SAVE_STATE,
     ];
@@ -124,11 +128,9 @@ pub mod window {
 /// Value of [`Context::gate`] when no CPU may pass: all-ones differs from every 32-bit
 /// APIC ID, so a closed gate can never match a knocking CPU.
 pub const GATE_CLOSED: u64 = u64::MAX;
-/// Entries of [`Context::arrived`]: one per xAPIC ID.
-pub const ARRIVED_ENTRIES: usize = 256;
-/// The xAPIC broadcast ID: no CPU may have it, since an IPI to it reaches every CPU (an
-/// INIT meant for one CPU would reset all, even those in SMM).
-pub const XAPIC_BROADCAST: u32 = 0xFF;
+/// Entries of the host ROM's [`BootMailbox`]: one per xAPIC ID (its boot relocation
+/// addresses present CPUs by xAPIC ID).
+pub const XAPIC_IDS: usize = 256;
 
 /// The first-SMI handler's context at [`window::CONTEXT`]. The handler (16-bit assembly)
 /// reaches every field through the `offset_of!` constants this struct feeds it; SMM
@@ -146,22 +148,39 @@ pub struct Context {
     pub about_to_leave: u8,
     /// Reserved.
     pub _reserved1: [u8; 2],
-    /// The arrival mark the handler stores: non-zero, so 0 means "not arrived".
+    /// The arrival mark the handler stores in [`PossibleCpus::arrived`]: non-zero, so 0
+    /// means "not arrived".
     pub round: u32,
     /// The admitted CPU's TSC right after it took the gate (the monarch's hand-off
     /// trace; SMM clears it before each admission and only reads it for its log).
     pub gate_taken_tsc: u64,
-    /// Reserved.
-    pub _reserved2: [u8; 0xD8],
-    /// `arrived[apic_id]`: the round in which a CPU with that APIC ID reached the
-    /// handler (0 = never), for APIC IDs below [`ARRIVED_ENTRIES`].
-    pub arrived: [u32; ARRIVED_ENTRIES],
 }
 
 const _: () = assert!(size_of::<Context>() as u32 <= window::CONTEXT.size);
 const _: () = assert!(offset_of!(Context, gate).is_multiple_of(8));
 const _: () = assert!(offset_of!(Context, gate_taken_tsc).is_multiple_of(8));
-const _: () = assert!(offset_of!(Context, arrived) == 0x100);
+
+/// The possible CPUs at [`window::POSSIBLE`], by selector (the register block's CPU
+/// index, which is also the possible-CPU index): boot code records their APIC IDs before
+/// the 0x9C lock (none when CPU hotplug was not negotiated, so SMM acts on no other APIC
+/// ID, R6); the first-SMI handler finds its own APIC ID among them and marks its arrival
+/// at the same index. Indexing by selector keeps the table bounded by the possible count
+/// whatever the APIC IDs are (x2APIC IDs are 32-bit).
+#[repr(C)]
+pub struct PossibleCpus {
+    /// Valid entries of `apic_ids` (at most [`MAX_SLOTS`]).
+    pub count: u32,
+    /// Reserved.
+    pub _reserved: [u32; 3],
+    /// APIC ID of each possible CPU, by selector (`u32::MAX` for an arch ID that does not
+    /// fit 32 bits: no CPU has it).
+    pub apic_ids: [u32; MAX_SLOTS],
+    /// `arrived[selector]`: the round in which the CPU with that selector's APIC ID
+    /// reached the first-SMI handler (0 = not since the monarch last cleared it).
+    pub arrived: [u32; MAX_SLOTS],
+}
+
+const _: () = assert!(size_of::<PossibleCpus>() as u32 <= window::POSSIBLE.size);
 
 /// The host ROM's boot mailbox at [`window::BOOT_MAILBOX`]: the boot CPU writes each
 /// present CPU's new SMBASE by APIC ID, then sends that CPU an SMI; the boot relocation
@@ -169,9 +188,9 @@ const _: () = assert!(offset_of!(Context, arrived) == 0x100);
 #[repr(C)]
 pub struct BootMailbox {
     /// New SMBASE per APIC ID (0 = this CPU is not to be relocated).
-    pub new_smbase: [u32; ARRIVED_ENTRIES],
+    pub new_smbase: [u32; XAPIC_IDS],
     /// Set to 1 by the stub once `new_smbase[apic_id]` was written into the save state.
-    pub done: [u8; ARRIVED_ENTRIES],
+    pub done: [u8; XAPIC_IDS],
     /// The APIC ID of a CPU the stub had no SMBASE for.
     pub unknown_apic: u32,
     /// Set to 1 when such a CPU entered the stub (the boot stops: fail closed).
@@ -180,15 +199,18 @@ pub struct BootMailbox {
 
 const _: () = assert!(size_of::<BootMailbox>() as u32 <= window::BOOT_MAILBOX.size);
 
-/// The host ROM's TSEG: 1 MiB at the top of low RAM, laid out like coreboot's x86_64 TSEG
-/// build. Offsets are from the TSEG base.
+/// The host ROM's TSEG, laid out like coreboot's x86_64 TSEG build, sized at boot for the
+/// slots it holds ([`tseg::Tseg`]). Offsets are from the TSEG base.
 pub mod tseg {
     use super::{Region, SMBASE_SPAN, SMM_ENTRY_OFFSET};
     use crate::save_state;
     use crate::slots::MAX_SLOTS;
 
-    /// TSEG size (ESMRAMC TSEG_SZ = 1 MiB).
-    pub const SIZE: u32 = 1 << 20;
+    /// The TSEG sizes ESMRAMC's TSEG_SZ field selects (values 0, 1, 2). The fourth value
+    /// selects QEMU's extended TSEG (`mch.extended-tseg-mbytes`, 16 MiB by default): not
+    /// used, because 8 MiB already holds [`MAX_SLOTS`] slots (asserted below) and every
+    /// MiB of TSEG is taken from the guest.
+    pub const SIZES: [u32; 3] = [1 << 20, 2 << 20, 8 << 20];
     /// Identity map of 4 GiB: PML4, PDPT, four page directories of 2 MiB pages, and one
     /// page table that splits the first 2 MiB into 4 KiB pages so that below 1 MiB only
     /// the default-SMBASE window and the pen are mapped (page 0 is not: R16).
@@ -197,55 +219,135 @@ pub mod tseg {
     pub const LOW_PAGE_TABLE: u32 = PAGE_TABLES.end() - 0x1000;
     /// The GDT the slot stubs load (null, 32-bit code, data, 64-bit code).
     pub const GDT: Region = Region::new(0x7000, 0x1000);
-    /// The relocatable SMM module (the host ROM's SMM entry and the handler, about 20 KiB
-    /// with its slot tables).
+    /// The relocatable SMM module (the host ROM's SMM entry and the handler with its
+    /// slot tables, about 34 KiB for [`MAX_SLOTS`] slots).
     pub const MODULE: Region = Region::new(0x8000, 0x1_0000);
     /// Bytes of one slot's stack; its lowest 8 bytes hold [`super::STACK_CANARY`].
     pub const SLOT_STACK_SIZE: u32 = 0x800;
-    /// One stack per slot: slot i's is `[STACKS.base + i * SLOT_STACK_SIZE, + SLOT_STACK_SIZE)`.
-    pub const STACKS: Region = Region::new(0x1_8000, MAX_SLOTS as u32 * SLOT_STACK_SIZE);
-    /// Slot 0's SMBASE: its save state ends exactly at the top of TSEG.
-    pub const TOP_SMBASE: u32 = SIZE - SMBASE_SPAN;
+    /// Where the slot stacks begin: slot i's is `[STACKS_BASE + i * SLOT_STACK_SIZE, +
+    /// SLOT_STACK_SIZE)`.
+    pub const STACKS_BASE: u32 = MODULE.end();
     /// Distance between the SMBASEs of neighbouring slots: the entry stubs (at most 0x200
     /// bytes at SMBASE + 0x8000) and the save states (SMBASE + 0xFE00) of all slots
     /// interleave without overlap, as in coreboot's SMM layout.
     pub const SLOT_STRIDE: u32 = 0x400;
     /// Most bytes of a slot's entry stub.
     pub const STUB_MAX: u32 = 0x200;
-    /// The slots' entry stubs and save states, from the lowest slot's stub to the top.
-    pub const SLOTS: Region = Region::new(
-        slot_smbase(0, MAX_SLOTS as u32 - 1) + SMM_ENTRY_OFFSET,
-        SIZE - (slot_smbase(0, MAX_SLOTS as u32 - 1) + SMM_ENTRY_OFFSET),
-    );
 
-    /// SMBASE of slot `i` in a TSEG at `tseg_base`.
-    pub const fn slot_smbase(tseg_base: u32, i: u32) -> u32 {
-        tseg_base + TOP_SMBASE - i * SLOT_STRIDE
+    /// A TSEG of one of the [`SIZES`] holding `slots` slots: slot 0's SMBASE is the
+    /// highest (its save state ends exactly at the top of TSEG), each next one a
+    /// [`SLOT_STRIDE`] lower; the stacks grow up from [`STACKS_BASE`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Tseg {
+        /// Bytes of TSEG.
+        pub size: u32,
+        /// Slots laid out.
+        pub slots: u32,
     }
 
-    /// Slot i's stack bottom (lowest address, where the canary lives).
-    pub const fn slot_stack(tseg_base: u32, i: u32) -> u32 {
-        tseg_base + STACKS.base + i * SLOT_STACK_SIZE
-    }
-
-    const TSEG: Region = Region::new(0, SIZE);
-    const PARTS: [Region; 5] = [PAGE_TABLES, GDT, MODULE, STACKS, SLOTS];
-    const _: () = {
-        let mut i = 0;
-        while i < PARTS.len() {
-            assert!(TSEG.contains(PARTS[i]));
-            let mut j = i + 1;
-            while j < PARTS.len() {
-                assert!(!PARTS[i].overlaps(PARTS[j]));
-                j += 1;
+    impl Tseg {
+        /// The smallest TSEG that holds `slots` slots (`None` beyond [`MAX_SLOTS`] or
+        /// when even the largest size is too small).
+        pub const fn for_slots(slots: u32) -> Option<Tseg> {
+            if slots as usize > MAX_SLOTS {
+                return None;
             }
-            i += 1;
+            let mut i = 0;
+            while i < SIZES.len() {
+                let t = Tseg {
+                    size: SIZES[i],
+                    slots,
+                };
+                if t.fits() {
+                    return Some(t);
+                }
+                i += 1;
+            }
+            None
         }
-    };
+
+        /// ESMRAMC's TSEG_SZ field value (bits 2:1) for this size.
+        pub const fn size_field(self) -> u8 {
+            let mut i = 0;
+            while i < SIZES.len() {
+                if SIZES[i] == self.size {
+                    return i as u8;
+                }
+                i += 1;
+            }
+            0
+        }
+
+        /// Slot 0's SMBASE offset.
+        pub const fn top_smbase(self) -> u32 {
+            self.size - SMBASE_SPAN
+        }
+
+        /// SMBASE of slot `i` in this TSEG at `tseg_base`.
+        pub const fn slot_smbase(self, tseg_base: u32, i: u32) -> u32 {
+            tseg_base + self.top_smbase() - i * SLOT_STRIDE
+        }
+
+        /// The slot stacks.
+        pub const fn stacks(self) -> Region {
+            Region::new(STACKS_BASE, self.slots * SLOT_STACK_SIZE)
+        }
+
+        /// The slots' entry stubs and save states, from the lowest slot's stub to the top.
+        pub const fn slot_area(self) -> Region {
+            let lowest = self
+                .top_smbase()
+                .saturating_sub(self.slots.saturating_sub(1) * SLOT_STRIDE);
+            Region::new(
+                lowest + SMM_ENTRY_OFFSET,
+                self.size - (lowest + SMM_ENTRY_OFFSET),
+            )
+        }
+
+        /// Whether every part fits and no two overlap.
+        pub const fn fits(self) -> bool {
+            if self.slots.saturating_sub(1) * SLOT_STRIDE > self.top_smbase() {
+                return false;
+            }
+            let parts = [PAGE_TABLES, GDT, MODULE, self.stacks(), self.slot_area()];
+            let all = Region::new(0, self.size);
+            let mut i = 0;
+            while i < parts.len() {
+                if !all.contains(parts[i]) {
+                    return false;
+                }
+                let mut j = i + 1;
+                while j < parts.len() {
+                    if parts[i].overlaps(parts[j]) {
+                        return false;
+                    }
+                    j += 1;
+                }
+                i += 1;
+            }
+            true
+        }
+    }
+
+    /// Slot i's stack bottom (lowest address, where the canary lives), in a TSEG at
+    /// `tseg_base` of any size.
+    pub const fn slot_stack(tseg_base: u32, i: u32) -> u32 {
+        tseg_base + STACKS_BASE + i * SLOT_STACK_SIZE
+    }
+
+    // Every slot count up to MAX_SLOTS has a TSEG; a small guest keeps the 1 MiB one.
+    const _: () = assert!(Tseg::for_slots(MAX_SLOTS as u32).is_some());
+    const _: () = assert!(matches!(
+        Tseg::for_slots(64),
+        Some(Tseg {
+            size: 0x10_0000,
+            ..
+        })
+    ));
     // A stub never reaches the next slot's save state, and the stride keeps both apart.
     const _: () = assert!(STUB_MAX <= SLOT_STRIDE && save_state::MAP_SIZE <= SLOT_STRIDE);
     const _: () = assert!(SMM_ENTRY_OFFSET + STUB_MAX <= save_state::MAP_OFFSET);
-    const _: () = assert!(PAGE_TABLES.is_aligned(0x1000) && STACKS.base.is_multiple_of(16));
+    const _: () = assert!(PAGE_TABLES.is_aligned(0x1000) && STACKS_BASE.is_multiple_of(16));
     // PML4, PDPT, four page directories, then the low page table.
     const _: () = assert!(LOW_PAGE_TABLE == PAGE_TABLES.base + 6 * 0x1000);
 }

@@ -5,9 +5,10 @@
 
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// Most SMM slots (possible CPUs) a host lays out: every xAPIC ID but the broadcast
-/// one (0-254), which is also the most CPUs QEMU 7.2 runs under TCG.
-pub const MAX_SLOTS: usize = 255;
+/// Most SMM slots (possible CPUs) a host lays out: 1024, four times the 255 CPUs QEMU 7.2
+/// runs under TCG; QEMU 10.0 accepts `-smp maxcpus=1024` (and more) under TCG. A guest
+/// with more possible CPUs boots with broadcast SMIs only.
+pub const MAX_SLOTS: usize = 1024;
 
 /// No CPU uses the slot.
 pub const FREE: u32 = 0;

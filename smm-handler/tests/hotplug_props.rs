@@ -28,12 +28,13 @@ fn topology(i: usize) -> (Vec<u64>, Vec<u32>) {
         0 => ((0..6).collect(), (0..6).collect()),
         // Holes in the APIC IDs (e.g. threads per core rounded up).
         1 => (vec![0, 1, 2, 4, 5, 6, 8], vec![0, 1, 2, 4, 5, 6, 8]),
-        // A block that disagrees with boot: 77 is not possible, 300 does not fit xAPIC,
-        // selector 5's arch ID has a high dword (its low dword 3 is possible; boot
-        // recorded no usable ID for selector 5).
+        // A block that disagrees with boot: 77 is not possible; 300 and 0x8000_0001 are
+        // x2APIC IDs (valid); selector 5's arch ID has a high dword (its low dword 3 is
+        // possible; boot recorded no usable ID for selector 5); selector 7 reports the
+        // x2APIC broadcast ID, which boot recorded as such (never a CPU's).
         _ => (
-            vec![0, 1, 2, 77, 300, 0x1_0000_0003, 5],
-            vec![0, 1, 2, 3, 300, NO_ID, 5],
+            vec![0, 1, 2, 77, 300, 0x1_0000_0003, 5, 0xFFFF_FFFF, 0x8000_0001],
+            vec![0, 1, 2, 3, 300, NO_ID, 5, NO_ID, 0x8000_0001],
         ),
     }
 }
@@ -171,7 +172,7 @@ proptest! {
         }
         // Every IPI the handler sent went to a valid, unmapped-at-the-time candidate.
         for ipi in m.ipis() {
-            prop_assert!(ipi.apic < 256 && possible.contains(&ipi.apic), "{:?}", ipi);
+            prop_assert!(ipi.apic != NO_ID && possible.contains(&ipi.apic), "{:?}", ipi);
         }
         prop_assert_eq!(count(&m, QUARANTINED), quarantined.len());
     }
@@ -222,11 +223,11 @@ proptest! {
         let bad = m.broken_invariants(&BTreeSet::new());
         prop_assert!(bad.is_empty(), "{:?}: {:#?}\n{:#?}", s, bad, m.logs());
         for ipi in m.ipis() {
-            prop_assert!(ipi.apic < 256 && possible.contains(&ipi.apic), "{:?}", ipi);
+            prop_assert!(ipi.apic != NO_ID && possible.contains(&ipi.apic), "{:?}", ipi);
         }
         for (state, apic) in m.slot_table() {
             if state != 0 {
-                prop_assert!(apic < 256 && possible.contains(&apic));
+                prop_assert!(apic != NO_ID && possible.contains(&apic));
             }
         }
     }

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{init_sipi, Behaviour, CpuState, Ev, Machine, DEFAULT_SMBASE, HP_BASE};
+use common::{init_sipi, Behaviour, CpuState, Ev, Machine, DEFAULT_SMBASE, HP_BASE, NO_ID};
 use q35::cpuhp::OFF_DATA;
 use q35::io::PortIo;
 use q35::lapic::ICR_SMI;
@@ -295,11 +295,12 @@ fn an_arch_id_with_a_non_zero_high_dword_is_skipped() {
 
 #[test]
 fn an_apic_id_outside_the_possible_set_is_skipped() {
-    // The block reports 77 where boot recorded 3; the CPU even announced itself.
+    // The block reports 77 where boot recorded 3; the CPU even entered the first-SMI
+    // handler, which finds no possible CPU with its APIC ID and leaves no mark.
     let m = Machine::new(&[0, 1, 2, 77], &[0], 4).with_possible(&[0, 1, 2, 3]);
     m.hot_add(3, Behaviour::Broadcast);
     m.broadcast();
-    assert_eq!(m.arrived_mark(77), 1);
+    assert_eq!(m.arrived_mark(77), 0);
 
     let s = m.service();
 
@@ -315,21 +316,112 @@ fn an_apic_id_outside_the_possible_set_is_skipped() {
 }
 
 #[test]
-fn an_apic_id_above_255_is_skipped() {
-    // Even though the possible set contains it: xAPIC cannot address it.
-    let m = Machine::new(&[0, 1, 2, 300], &[0], 4).with_possible(&[0, 1, 2, 300]);
-    m.hot_add(3, Behaviour::Broadcast);
+fn x2apic_ids_are_relocated_into_slots_of_their_own() {
+    // 32-bit APIC IDs from a sparse x2APIC topology, plugged at once.
+    let ids = [0u32, 1, 300, 0x8000_0001, 0xFFFF_FFFE];
+    let arch: Vec<u64> = ids.iter().map(|&a| u64::from(a)).collect();
+    let m = Machine::new(&arch, &[0], 5).with_possible(&ids);
+    // The host ROM: each slot's stub knows its slot, no 16-bit routing table.
+    m.routed.set(false);
+    for sel in 2..5 {
+        m.hot_add(sel, Behaviour::Broadcast);
+    }
+    m.broadcast();
+    assert_eq!(m.arrived_mark(0x8000_0001), 1, "marked at its selector");
+
+    let s = m.service();
+
+    assert_eq!(
+        (s.inserts, s.relocated, s.skipped),
+        (3, 3, 0),
+        "{:#?}",
+        m.logs()
+    );
+    for (apic, slot) in [(300, 1), (0x8000_0001, 2), (0xFFFF_FFFE, 3)] {
+        assert_eq!(
+            m.cpu(apic).smbase,
+            Machine::smbase_of_slot(slot),
+            "{apic:#x}"
+        );
+        assert_eq!(m.slot(slot), (slots::ACTIVE, apic));
+        assert_eq!(m.arrived_mark(apic), 0, "mark cleared");
+    }
+    let bad = m.broken_invariants(&Default::default());
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+#[test]
+fn an_apic_id_beyond_a_16_bit_routing_table_is_skipped() {
+    // coreboot's stub routes by a u16 table: its boot policy refuses such a topology, and
+    // SMM refuses the ID all the same should one be plugged.
+    let m = Machine::new(&[0, 1, 0x1_0000], &[0], 3).with_possible(&[0, 1, 0x1_0000]);
+    m.hot_add(2, Behaviour::Broadcast);
     m.broadcast();
 
     let s = m.service();
 
     assert_eq!(
-        m.logs_with("APIC ID 300 does not fit xAPIC, skipped").len(),
+        m.logs_with("APIC ID 0x10000 does not fit the host's 16-bit routing table, skipped")
+            .len(),
         1,
         "{:#?}",
         m.logs()
     );
     assert_untouched(&m, s);
+}
+
+#[test]
+fn the_x2apic_broadcast_id_is_skipped() {
+    // A block and a boot table that both say all-ones: no CPU can have it.
+    let m = Machine::new(&[0, 1, 0xFFFF_FFFF], &[0], 3).with_possible(&[0, 1, NO_ID]);
+    m.sim().plug_cpu(2).unwrap();
+
+    let s = m.service();
+
+    assert_eq!(
+        m.logs_with("APIC ID 0xffffffff is the x2APIC broadcast, skipped")
+            .len(),
+        1,
+        "{:#?}",
+        m.logs()
+    );
+    assert_untouched(&m, s);
+}
+
+#[test]
+fn an_x2apic_cpu_the_monarch_cannot_address_is_left_at_the_default_smbase() {
+    // The OS keeps the local APIC in xAPIC mode: a CPU with APIC ID 300 that missed the
+    // broadcast cannot get a directed SMI, nor an INIT; it stays where it is, unharmed.
+    let m = Machine::new(&[0, 1, 300], &[0], 3).with_possible(&[0, 1, 300]);
+    m.ipi_reach.set(0xFE);
+    m.hot_add(2, Behaviour::AfterSmiIpi);
+    m.broadcast();
+
+    let s = m.service();
+
+    assert_eq!((s.relocated, s.skipped), (0, 1), "{:#?}", m.logs());
+    assert_eq!(
+        m.logs_with("IPI 0x4200 to APIC ID 300 not sent (xAPIC mode cannot address it)")
+            .len(),
+        1,
+        "{:#?}",
+        m.logs()
+    );
+    assert_eq!(
+        m.logs_with("IPI 0x4500 to APIC ID 300 not sent").len(),
+        1,
+        "{:#?}",
+        m.logs()
+    );
+    assert!(m.ipis().is_empty());
+    assert_eq!(m.cpu(300).smbase, DEFAULT_SMBASE);
+    assert!(m.slots.slot_of(300, MAX_SLOTS).is_none());
+
+    // In x2APIC mode the same CPU is reached and relocated by the next APMC 4.
+    m.ipi_reach.set(u32::MAX);
+    let s = m.service();
+    assert_eq!(s.relocated, 1, "{:#?}", m.logs());
+    assert_eq!(m.cpu(300).smbase, Machine::smbase_of_slot(1));
 }
 
 #[test]

@@ -138,7 +138,7 @@ fn more_possible_cpus_than_smm_slots_turns_hotplug_off_but_boots() {
     if possible > 255 && qemu_major() < 10 {
         eprintln!(
             "skipped: {} refuses -smp maxcpus > 255 under TCG; the host ROM's 255 slots are \
-             exceeded only on 10.0.2 (more_than_256_possible_cpus_…)",
+             exceeded only on 10.0.2 (more_possible_cpus_than_slots_…)",
             qemu_version()
         );
         return;
@@ -203,7 +203,67 @@ fn qemu_major() -> u32 {
 }
 
 #[test]
-fn more_than_256_possible_cpus_boot_with_broadcast_only_and_qemu_refuses_device_add() {
+fn a_thousand_and_twenty_four_possible_cpus_negotiate_hotplug_and_an_x2apic_cpu_gets_its_own_slot()
+{
+    // 7.2.22 runs at most 255 CPUs under TCG; 10.0.2 runs 1024 (and APIC IDs above 254).
+    if qemu_major() < 10 {
+        eprintln!(
+            "skipped: {} refuses -smp maxcpus > 255 under TCG; this test runs on 10.0.2",
+            qemu_version()
+        );
+        return;
+    }
+    // QEMU's qemu64 model lacks x2APIC; without it device_add of APIC ID 700 aborts the
+    // whole VM ("APIC ID 700 requires x2APIC feature in CPU").
+    let cfg = VmConfig::new("1,maxcpus=1024")
+        .arg("-cpu")
+        .arg("qemu64,x2apic=on")
+        .with_qmp()
+        .fw_cfg("opt/payload/stay", "1")
+        .fw_cfg("opt/payload/hotplug", "1")
+        .fw_cfg("opt/payload/hotplug-variant", "x2apic");
+    let mut vm = Vm::start(&cfg).unwrap();
+    vm.wait_for_line("payload: ready for hotplug", T).unwrap();
+    let q = vm.qmp.as_mut().unwrap();
+    assert_eq!(qemu_negotiated_smi_features(q), Some(7));
+    let free = q.free_cpus().expect("query-hotpluggable-cpus");
+    assert_eq!(free.len(), 1023);
+    // One socket of 1024 cores, one thread each: the core ID is the APIC ID.
+    let cpu = free
+        .iter()
+        .find(|c| c["props"]["core-id"] == 700)
+        .unwrap_or_else(|| panic!("no CPU with core-id 700: {:?}", &free[..3]));
+    q.device_add_cpu(cpu, "hp0").expect("device_add");
+    let result = vm.wait_for_line("RESULT:", T).unwrap();
+    let out = vm.output();
+    assert!(result.starts_with("RESULT: PASS"), "{out}");
+    assert!(out.contains("CHECK x2apic-mode: PASS"), "{out}");
+    assert!(
+        out.contains(says(
+            "SMRAM used: handler",
+            "first-SMI handler installed, SMRAM at default SMBASE locked, 1024 SMM slot(s)"
+        )),
+        "{out}"
+    );
+    if testing_host_rom() {
+        // 1024 slots take an 8 MiB TSEG (a small guest keeps 1 MiB).
+        assert!(out.contains("+8 MiB, D_LCK set"), "{out}");
+        assert!(out.contains("bytes for 1024 slots"), "{out}");
+    }
+    let hot = lines_with(&out, "HOTPLUG ");
+    assert_eq!(hot.len(), 1, "{out}");
+    assert!(
+        hot[0].contains("apic=700 online=true slot=1 ") && hot[0].ends_with("smi=ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CHECK smram-locked-after-hotplug: PASS"),
+        "{out}"
+    );
+}
+
+#[test]
+fn more_possible_cpus_than_slots_boot_with_broadcast_only_and_qemu_refuses_device_add() {
     // Under TCG QEMU 7.2 refuses more than 255 CPUs ("current -smp configuration requires
     // kernel irqchip and X2APIC API support"); 10.0.2 accepts up to 4096.
     if qemu_major() < 10 {
@@ -213,7 +273,7 @@ fn more_than_256_possible_cpus_boot_with_broadcast_only_and_qemu_refuses_device_
         );
         return;
     }
-    let cfg = VmConfig::new("1,maxcpus=300")
+    let cfg = VmConfig::new("1,maxcpus=1100")
         .with_qmp()
         .arg("-fw_cfg")
         .arg("name=opt/payload/stay,string=1");
@@ -222,7 +282,7 @@ fn more_than_256_possible_cpus_boot_with_broadcast_only_and_qemu_refuses_device_
     let out = vm.output();
     assert!(result.starts_with("RESULT: PASS"), "{out}");
     assert!(
-        out.contains("payload: cpus present=1 possible=300\n"),
+        out.contains("payload: cpus present=1 possible=1100\n"),
         "{out}"
     );
     assert!(
@@ -238,8 +298,8 @@ fn more_than_256_possible_cpus_boot_with_broadcast_only_and_qemu_refuses_device_
     }
     assert!(!out.contains("FATAL"), "{out}");
     let warn = says(
-        "[WARN ] host-rom: 300 possible CPUs exceed 255 SMM slots: CPU hotplug not offered",
-        "cpu hotplug: 300 possible CPUs exceed 255 SMM slots: CPU hotplug not offered",
+        "[WARN ] host-rom: 1100 possible CPUs exceed 1024 SMM slots: CPU hotplug not offered",
+        "cpu hotplug: 1100 possible CPUs exceed 1024 SMM slots: CPU hotplug not offered",
     );
     assert!(out.lines().any(|l| l.contains(warn)), "{out}");
     let granted = says(
@@ -256,7 +316,7 @@ fn more_than_256_possible_cpus_boot_with_broadcast_only_and_qemu_refuses_device_
         "QEMU's view: broadcast only"
     );
     let free = q.free_cpus().expect("query-hotpluggable-cpus");
-    assert_eq!(free.len(), 299);
+    assert_eq!(free.len(), 1099);
     let e = q.device_add_cpu(&free[0], "hp0").unwrap_err();
     assert!(
         e.contains("cpu hotplug with SMI wasn't enabled by firmware"),

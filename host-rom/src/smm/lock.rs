@@ -7,17 +7,19 @@ use core::ptr::{read_volatile, write_volatile};
 use q35::io::HwPorts;
 use q35::mch::{self, Mch};
 use smm_handler::arming;
-use smm_handler::layout::tseg;
+use smm_handler::layout::tseg::Tseg;
 
 use super::SmmError;
 
-/// Enable TSEG (H_SMRAME, T_EN, 1 MiB) and compatible SMRAM, still unlocked.
-pub fn enable_tseg() -> Result<(), SmmError> {
+/// Enable TSEG (H_SMRAME, T_EN, `t`'s size) and compatible SMRAM, still unlocked.
+pub fn enable_tseg(t: Tseg) -> Result<(), SmmError> {
     let m = Mch::new(&HwPorts);
-    m.set_esmramc(mch::ESMRAMC_H_SMRAME | mch::ESMRAMC_TSEG_1M | mch::ESMRAMC_T_EN);
+    m.set_esmramc(
+        mch::ESMRAMC_H_SMRAME | mch::esmramc_tseg_size(t.size_field()) | mch::ESMRAMC_T_EN,
+    );
     m.set_smramc(mch::SMRAMC_G_SMRAME | mch::SMRAMC_C_BASE_SEG);
-    if m.tseg_size() != Some(tseg::SIZE) {
-        return Err(SmmError::TsegNotEnabled);
+    if m.tseg_size() != Some(t.size) {
+        return Err(SmmError::TsegNotEnabled(t.size));
     }
     Ok(())
 }
@@ -28,7 +30,7 @@ pub fn enable_tseg() -> Result<(), SmmError> {
 /// `smm=off` still has SMM.
 ///
 /// # Safety
-/// `tseg_base..+tseg::SIZE` must be RAM that nothing uses yet, with TSEG not enabled.
+/// `tseg_base..+1 MiB` must be RAM that nothing uses yet, with TSEG not enabled.
 pub unsafe fn machine_has_smm(tseg_base: u32) -> bool {
     const PATTERN: u32 = 0x5350_524F; // "ORPS": anything but all-ones
     let p = tseg_base as usize as *mut u32;
@@ -53,7 +55,7 @@ pub unsafe fn machine_has_smm(tseg_base: u32) -> bool {
 /// # Safety
 /// `flag` must be the boot-phase field of the SMM module's parameter block in TSEG, with
 /// TSEG enabled and not locked, and no CPU in SMM.
-pub unsafe fn end_boot_phase(flag: *mut u32) -> Result<(), SmmError> {
+pub unsafe fn end_boot_phase(t: Tseg, flag: *mut u32) -> Result<(), SmmError> {
     let m = Mch::new(&HwPorts);
     let esmramc = m.esmramc();
     m.set_esmramc(esmramc & !mch::ESMRAMC_T_EN);
@@ -65,8 +67,8 @@ pub unsafe fn end_boot_phase(flag: *mut u32) -> Result<(), SmmError> {
             read_volatile(flag) == 0
         };
     m.set_esmramc(esmramc);
-    if m.tseg_size() != Some(tseg::SIZE) {
-        return Err(SmmError::TsegNotEnabled);
+    if m.tseg_size() != Some(t.size) {
+        return Err(SmmError::TsegNotEnabled(t.size));
     }
     if !cleared {
         return Err(SmmError::BootPhaseNotEnded);
@@ -74,13 +76,18 @@ pub unsafe fn end_boot_phase(flag: *mut u32) -> Result<(), SmmError> {
     Ok(())
 }
 
-/// Install the first-SMI handler and lock the default-SMBASE window (when `window`),
-/// then close and lock SMRAM (D_LCK), and check all of it from outside SMM.
-pub fn install_and_lock(window: bool, tseg_base: u32) -> Result<(), SmmError> {
+/// Install the first-SMI handler with the `possible` CPUs' APIC IDs and lock the
+/// default-SMBASE window (when `window`), then close and lock SMRAM (D_LCK), and check
+/// all of it from outside SMM.
+pub fn install_and_lock(
+    window: bool,
+    tseg_base: u32,
+    possible: impl IntoIterator<Item = u32>,
+) -> Result<(), SmmError> {
     if window {
         // SAFETY: the window and the pen page are still unlocked firmware RAM, and every
         // AP has left the boot code that ran there (they are parked in the ROM's RAM).
-        unsafe { arming::install_and_lock_window(&HwPorts) }.map_err(SmmError::Arm)?;
+        unsafe { arming::install_and_lock_window(&HwPorts, possible) }.map_err(SmmError::Arm)?;
     }
     let m = Mch::new(&HwPorts);
     m.set_smramc(mch::SMRAMC_G_SMRAME | mch::SMRAMC_C_BASE_SEG | mch::SMRAMC_D_LCK);

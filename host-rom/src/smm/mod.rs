@@ -47,8 +47,8 @@ pub enum SmmError {
         /// That slot's SMBASE.
         smbase: u32,
     },
-    /// ESMRAMC does not read back TSEG enabled with 1 MiB.
-    TsegNotEnabled,
+    /// ESMRAMC does not read back TSEG enabled with this size (bytes).
+    TsegNotEnabled(u32),
     /// The boot-phase flag in TSEG could not be cleared (TSEG did not open, or the write
     /// did not stick): SMM would keep answering the diagnostic query.
     BootPhaseNotEnded,

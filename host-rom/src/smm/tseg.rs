@@ -1,12 +1,13 @@
-//! TSEG laid out for every possible CPU, the way coreboot's x86_64 TSEG build does it
-//! (`smm_handler::layout::tseg`): identity page tables, the GDT, the relocated SMM
-//! module with its parameter block, a stack per slot with a canary, and one entry stub
-//! per slot with its own parameters.
+//! TSEG laid out for its slots (every possible CPU with hotplug, else every present one),
+//! the way coreboot's x86_64 TSEG build does it (`smm_handler::layout::tseg`): identity
+//! page tables, the GDT, the relocated SMM module with its parameter block, a stack per
+//! slot with a canary, and one entry stub per slot with its own parameters.
 
 use core::ptr::{write_bytes, write_volatile};
 
 use smm_handler::boot_info::{SmmParams, PARAMS_MAGIC};
-use smm_handler::layout::{tseg, window, SMM_ENTRY_OFFSET, STACK_CANARY};
+use smm_handler::layout::tseg::{self, Tseg};
+use smm_handler::layout::{window, SMM_ENTRY_OFFSET, STACK_CANARY};
 use smm_handler::slots::MAX_SLOTS;
 
 use super::rmod::Rmod;
@@ -29,21 +30,22 @@ fn at(t: u32, off: u32) -> *mut u8 {
     (t + off) as usize as *mut u8
 }
 
-/// Lay out TSEG at `tseg_base`, load the module and the stubs, and let `fill` complete
+/// Lay out `t` at `tseg_base`, load the module and the stubs, and let `fill` complete
 /// the parameter block (the slot fields are filled here). TSEG is still plain RAM.
 ///
 /// # Safety
-/// `tseg_base..+tseg::SIZE` must be RAM that nothing else uses, with TSEG not enabled yet.
+/// `tseg_base..+t.size` must be RAM that nothing else uses, with TSEG not enabled yet.
 pub unsafe fn load(
+    t: Tseg,
     tseg_base: u32,
     module: &Rmod<'_>,
-    slots: u32,
     fill: impl FnOnce(&mut SmmParams),
 ) -> Result<SmmLayout, SmmError> {
+    let slots = t.slots;
     if module.image_size > tseg::MODULE.size {
         return Err(SmmError::ModuleTooLarge(module.image_size));
     }
-    if slots as usize > MAX_SLOTS {
+    if slots as usize > MAX_SLOTS || !t.fits() {
         return Err(SmmError::TooManySlots(slots));
     }
     if smm_stub::smm_stub().code.len() > smm_stub::P_GDT {
@@ -54,7 +56,7 @@ pub unsafe fn load(
     // SAFETY: TSEG is ours (caller contract); the layout keeps every part apart
     // (asserted in smm_handler::layout::tseg).
     unsafe {
-        write_bytes(at(tseg_base, 0), 0, tseg::SIZE as usize);
+        write_bytes(at(tseg_base, 0), 0, t.size as usize);
         write_page_tables(tseg_base);
         write_gdt(tseg_base);
     }
@@ -67,23 +69,19 @@ pub unsafe fn load(
     p.tseg_base = tseg_base;
     p.slot_count = slots;
     for (i, s) in p.slot_smbase.iter_mut().enumerate().take(slots as usize) {
-        *s = tseg::slot_smbase(tseg_base, i as u32);
+        *s = t.slot_smbase(tseg_base, i as u32);
     }
     fill(p);
     let entry = mbase + u64::from(module.entry);
     for i in 0..slots {
-        // SAFETY: slot i's stub and stack lie inside TSEG (i < MAX_SLOTS).
-        unsafe { install_stub(tseg_base, i, entry) };
+        // SAFETY: slot i's stub and stack lie inside TSEG (i < t.slots, which fits).
+        unsafe { install_stub(t, tseg_base, i, entry) };
     }
-    let lowest_stub = tseg::slot_smbase(tseg_base, slots.saturating_sub(1)) + SMM_ENTRY_OFFSET;
     Ok(SmmLayout {
         slots,
         module_size: module.image_size,
         slot_bytes: tseg::SLOT_STRIDE + tseg::SLOT_STACK_SIZE,
-        total_bytes: (tseg::SIZE - (lowest_stub - tseg_base))
-            + slots * tseg::SLOT_STACK_SIZE
-            + tseg::MODULE.base
-            + module.image_size,
+        total_bytes: t.slot_area().size + t.stacks().size + tseg::MODULE.base + module.image_size,
     })
 }
 
@@ -179,10 +177,10 @@ unsafe fn load_module(t: u32, module: &Rmod<'_>) -> Result<u64, SmmError> {
 /// Slot `i`'s entry stub at SMBASE + 0x8000 with its own parameters, and its stack canary.
 ///
 /// # Safety
-/// TSEG must be ours; `i < MAX_SLOTS`.
-unsafe fn install_stub(t: u32, i: u32, entry: u64) {
+/// TSEG `tseg` at `t` must be ours; `i < tseg.slots`.
+unsafe fn install_stub(tseg: Tseg, t: u32, i: u32, entry: u64) {
     let stub = smm_stub::smm_stub();
-    let s = (tseg::slot_smbase(t, i) + SMM_ENTRY_OFFSET) as usize as *mut u8;
+    let s = (tseg.slot_smbase(t, i) + SMM_ENTRY_OFFSET) as usize as *mut u8;
     let stack_lo = tseg::slot_stack(t, i);
     // SAFETY: the stub (at most STUB_MAX bytes) and its parameters lie in slot i's stub
     // area inside TSEG; the stack bottom is inside STACKS.

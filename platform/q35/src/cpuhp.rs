@@ -54,10 +54,10 @@ pub const CMD_GET_NEXT_EVENT: u8 = 0;
 /// high 32 bits of the selected CPU's arch (APIC) ID.
 pub const CMD_GET_ARCH_ID: u8 = 3;
 
-/// Possible CPUs whose APIC ID and presence the boot-time count records, by selector
-/// (QEMU's AML handles 255 per batch; CPU hotplug is never offered with more than 64
-/// possible CPUs anyway). The count itself goes on to [`MAX_COUNTED`].
-pub const MAX_POSSIBLE: usize = 256;
+/// Possible CPUs whose APIC ID and presence the boot-time count records, by selector: as
+/// many as the SMM handler lays out slots for. The count itself goes on to
+/// [`MAX_COUNTED`].
+pub const MAX_POSSIBLE: usize = 1024;
 
 /// Most possible CPUs the boot-time count walks: QEMU 10.0's q35 limit (`-smp
 /// maxcpus=4096` under TCG). Beyond it the count stops and says so
@@ -227,7 +227,7 @@ impl<'a, P: PortIo> CpuHp<'a, P> {
         Ok(topo)
     }
 
-    /// [`Self::count`] into caller-provided storage (the topology is 1.3 KiB: callers
+    /// [`Self::count`] into caller-provided storage (the topology is 5 KiB: callers
     /// with small stacks keep it in a static).
     pub fn count_into(&self, topo: &mut CpuTopology) -> Result<(), CpuHpError> {
         *topo = CpuTopology::EMPTY;

@@ -11,12 +11,17 @@ pub const APIC_BASE_ENABLE: u64 = 1 << 11;
 /// Physical address of the xAPIC register page after reset.
 pub const XAPIC_DEFAULT_BASE: u64 = 0xFEE0_0000;
 const MSR_X2APIC_ICR: u32 = 0x830;
+const MSR_X2APIC_SVR: u32 = 0x80F;
+/// CPUID.1:ECX bit 21: the CPU has x2APIC mode.
+const CPUID1_ECX_X2APIC: u32 = 1 << 21;
 /// xAPIC Interrupt Command Register, low dword (offset from the APIC base): writing it
 /// sends the IPI.
 pub const XAPIC_ICR_LOW: u64 = 0x300;
 /// xAPIC Interrupt Command Register, high dword: destination APIC ID in bits 31:24.
 pub const XAPIC_ICR_HIGH: u64 = 0x310;
 const XAPIC_SVR: u64 = 0xF0;
+/// The xAPIC destination that reaches every CPU: no single CPU can be addressed by it.
+pub const XAPIC_BROADCAST: u32 = 0xFF;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
 
 /// ICR low word for an SMI IPI: delivery mode 010 (SMI, bits 10:8), level assert (bit
@@ -38,7 +43,7 @@ pub enum IpiError {
     Disabled,
     /// xAPIC mode with the MMIO base moved away from 0xFEE00000.
     MovedBase,
-    /// xAPIC mode can only address APIC IDs up to 0xFF.
+    /// xAPIC mode addresses APIC IDs up to 0xFE only (8 bits, 0xFF is the broadcast).
     DestTooLarge,
     /// The previous IPI never left the ICR.
     Busy,
@@ -75,13 +80,43 @@ fn mmio_write(off: u64, v: u32) {
 }
 
 /// Software-enable the local APIC (SVR bit 8, spurious vector 0xFF) so it accepts and
-/// sends IPIs. Does nothing in x2APIC mode.
+/// sends IPIs, in whichever mode it is.
 pub fn enable() {
     let base = apic_base();
     if base & APIC_BASE_X2APIC != 0 {
+        // SAFETY: x2APIC mode is on, so MSR 0x80F is the SVR; setting its enable bit and
+        // spurious vector has no other effect.
+        unsafe {
+            let mut svr = Msr::new(MSR_X2APIC_SVR);
+            let v = svr.read();
+            svr.write(v | 0x1FF);
+        }
         return;
     }
     mmio_write(XAPIC_SVR, mmio_read(XAPIC_SVR) | 0x1FF);
+}
+
+/// Switch this CPU's local APIC to x2APIC mode, as an OS does on a machine with APIC IDs
+/// above 254 (its ICR then addresses 32-bit APIC IDs), and software-enable it. `false`
+/// when the CPU has no x2APIC mode (CPUID.1:ECX bit 21) or its APIC is disabled.
+pub fn enable_x2apic() -> bool {
+    if core::arch::x86_64::__cpuid(1).ecx & CPUID1_ECX_X2APIC == 0 {
+        return false;
+    }
+    let base = apic_base();
+    if base & APIC_BASE_ENABLE == 0 {
+        return false;
+    }
+    // SAFETY: the CPU has x2APIC mode and its APIC is enabled, so setting EXTD is the
+    // architectural xAPIC -> x2APIC transition; the base address bits stay.
+    unsafe { Msr::new(MSR_APIC_BASE).write(base | APIC_BASE_X2APIC) };
+    enable();
+    apic_base() & APIC_BASE_X2APIC != 0
+}
+
+/// Whether this CPU's local APIC is in x2APIC mode.
+pub fn in_x2apic_mode() -> bool {
+    apic_base() & APIC_BASE_X2APIC != 0
 }
 
 fn wait_idle(spins: u32) -> bool {
@@ -111,7 +146,7 @@ pub fn send_ipi(dest: u32, icr_low: u32) -> Result<(), IpiError> {
     if base & 0xFFFF_F000 != XAPIC_DEFAULT_BASE {
         return Err(IpiError::MovedBase);
     }
-    if dest > 0xFF {
+    if dest >= XAPIC_BROADCAST {
         return Err(IpiError::DestTooLarge);
     }
     if !wait_idle(1_000_000) {

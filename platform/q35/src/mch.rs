@@ -32,6 +32,11 @@ pub const ESMRAMC_T_EN: u8 = 1 << 0;
 /// extended size).
 pub const ESMRAMC_TSEG_1M: u8 = 0 << 1;
 
+/// ESMRAMC's TSEG_SZ bits for field value `field` (0 = 1 MiB, 1 = 2 MiB, 2 = 8 MiB).
+pub const fn esmramc_tseg_size(field: u8) -> u8 {
+    (field & 3) << 1
+}
+
 /// 0x9C value to write to query the default-SMBASE window (QEMU
 /// `MCH_HOST_BRIDGE_F_SMBASE_QUERY`).
 pub const SMBASE_SMRAM_QUERY: u8 = 0xFF;

@@ -36,10 +36,15 @@ pub use smm_handler::layout::DEFAULT_SMBASE;
 
 /// Simulated microseconds per `now_us` call.
 pub const TICK_US: u64 = 2_000;
-/// SMBASE of slot 0 (slot i is `tseg::slot_smbase(TSEG_BASE, i)`).
+/// SMBASE of slot 0 (slot i is `TSEG.slot_smbase(TSEG_BASE, i)`).
 pub const TOP_SMBASE: u32 = 0x7F00_0000;
-/// The simulated TSEG base, laid out as the host ROM lays out its TSEG.
-pub const TSEG_BASE: u32 = TOP_SMBASE - tseg::TOP_SMBASE;
+/// The simulated TSEG, laid out as the host ROM lays out its TSEG for every slot.
+pub const TSEG: tseg::Tseg = match tseg::Tseg::for_slots(MAX_SLOTS as u32) {
+    Some(t) => t,
+    None => panic!("MAX_SLOTS fits a TSEG"),
+};
+/// The simulated TSEG base.
+pub const TSEG_BASE: u32 = TOP_SMBASE - TSEG.top_smbase();
 /// A possible-list entry that names no CPU (never a valid xAPIC ID): boot recorded no
 /// 32-bit APIC ID for that selector.
 pub const NO_ID: u32 = u32::MAX;
@@ -238,7 +243,9 @@ pub struct WinState {
     pub gate: u64,
     pub new_smbase: u32,
     pub about_to_leave: u8,
-    pub arrived: [u32; 256],
+    /// Arrival marks by APIC ID (the handler stores them by selector; the [`Window`]
+    /// impl maps).
+    pub arrived: std::collections::HashMap<u32, u32>,
     pub pen_signal: u8,
     pub pen_resets: u32,
     /// The arrival mark the first-SMI handler stores (the context's round).
@@ -290,6 +297,12 @@ pub struct Machine {
     pub monarch_apic: Cell<u32>,
     /// SMBASEs whose save state the handler zeroed, in order.
     pub zeroed_save_states: RefCell<Vec<u32>>,
+    /// The highest APIC ID the monarch's local APIC can address (`u32::MAX` in x2APIC
+    /// mode; 0xFE when the OS keeps xAPIC mode): IPIs beyond it are not sent.
+    pub ipi_reach: Cell<u32>,
+    /// The host routes SMIs through a 16-bit table (coreboot); `false`: each slot's stub
+    /// knows its slot (the host ROM).
+    pub routed: Cell<bool>,
     /// Stalls the monarch announced (`Host::expect_stall`): the bound, the register
     /// block's selector then, and whether that selector's CPU was still present.
     pub stalls: RefCell<Vec<(u64, u32, bool)>>,
@@ -326,7 +339,7 @@ impl Machine {
                 gate: GATE_CLOSED,
                 new_smbase: 0,
                 about_to_leave: 0,
-                arrived: [0; 256],
+                arrived: std::collections::HashMap::new(),
                 pen_signal: 0,
                 pen_resets: 0,
                 round: 1,
@@ -340,6 +353,8 @@ impl Machine {
             logs: RefCell::new(Vec::new()),
             monarch_apic: Cell::new(u32::try_from(arch_ids[boot[0]]).unwrap_or(0)),
             zeroed_save_states: RefCell::new(Vec::new()),
+            ipi_reach: Cell::new(u32::MAX),
+            routed: Cell::new(true),
             stalls: RefCell::new(Vec::new()),
         };
         for (n, &sel) in boot.iter().enumerate() {
@@ -383,7 +398,7 @@ impl Machine {
     }
 
     pub fn smbase_of_slot(n: usize) -> u32 {
-        tseg::slot_smbase(TSEG_BASE, n as u32)
+        TSEG.slot_smbase(TSEG_BASE, n as u32)
     }
 
     // ---- the outside world ----------------------------------------------------------
@@ -447,8 +462,9 @@ impl Machine {
             c.state = CpuState::AtGate;
             c.in_pen = false;
             c.init_pending = false;
-            if let Some(a) = st.arrived.get_mut(c.apic as usize) {
-                *a = st.round;
+            // The handler finds its APIC ID among the possible CPUs; others leave no mark.
+            if self.possible_ids.contains(&c.apic) {
+                st.arrived.insert(c.apic, st.round);
             }
             st.events.push(Ev::Arrived(c.apic));
         }
@@ -567,12 +583,7 @@ impl Machine {
     }
 
     pub fn arrived_mark(&self, apic: u32) -> u32 {
-        self.st
-            .borrow()
-            .arrived
-            .get(apic as usize)
-            .copied()
-            .unwrap_or(0)
+        self.st.borrow().arrived.get(&apic).copied().unwrap_or(0)
     }
 
     pub fn cpu(&self, apic: u32) -> SimCpu {
@@ -587,6 +598,11 @@ impl Machine {
 
     /// The APIC ID routed to `slot` (`None`: no route, or beyond the table).
     pub fn route(&self, slot: usize) -> Option<u32> {
+        if !self.routed.get() {
+            // The host ROM: the slot's own stub routes to it; the slot table is the map.
+            let (state, apic) = self.slot(slot);
+            return (state != slots::FREE).then_some(apic);
+        }
         self.routes
             .get(slot)
             .map(|r| r.load(Ordering::SeqCst))
@@ -642,7 +658,7 @@ impl Machine {
                 bad.push(format!("slot {n} RELOCATING after service returned"));
             }
             if state == slots::ACTIVE || state == slots::RELOCATING {
-                if !self.possible.contains(&apic) || apic >= 256 {
+                if !self.possible.contains(&apic) || apic == NO_ID {
                     bad.push(format!("slot {n} serves invalid APIC ID {apic}"));
                 }
                 if self.route(n) != Some(apic) {
@@ -732,8 +748,8 @@ impl Machine {
                 CpuState::SmiPending(0) => {
                     next.state = CpuState::AtGate;
                     next.in_pen = false;
-                    if let Some(a) = st.arrived.get_mut(c.apic as usize) {
-                        *a = st.round;
+                    if self.possible_ids.contains(&c.apic) {
+                        st.arrived.insert(c.apic, st.round);
                     }
                     st.events.push(Ev::Arrived(c.apic));
                 }
@@ -803,7 +819,7 @@ impl Host for Machine {
             slot_smbase: &self.slot_smbase,
             possible_apic_ids: &self.possible_ids,
             slots: &self.slots,
-            routes: Some(&self.routes),
+            routes: self.routed.get().then_some(&self.routes[..]),
         }
     }
 
@@ -832,6 +848,9 @@ impl Host for Machine {
     }
 
     fn send_ipi(&self, apic: u32, icr_low: u32) -> bool {
+        if apic > self.ipi_reach.get() {
+            return false;
+        }
         let at_us = self.clock.get();
         let mut guard = self.st.borrow_mut();
         let st = &mut *guard;
@@ -841,7 +860,7 @@ impl Host for Machine {
             at_us,
         });
         st.events.push(Ev::Ipi(apic, icr_low));
-        let marked = st.arrived.get(apic as usize).is_some_and(|&a| a != 0);
+        let marked = st.arrived.get(&apic).is_some_and(|&a| a != 0);
         let Some(c) = st
             .cpus
             .iter_mut()
@@ -947,13 +966,15 @@ impl Window for Machine {
         st.about_to_leave = 0;
     }
 
-    fn arrived(&self, apic: u32) -> u32 {
-        self.arrived_mark(apic)
+    fn arrived(&self, selector: u32) -> u32 {
+        self.possible_ids
+            .get(selector as usize)
+            .map_or(0, |&apic| self.arrived_mark(apic))
     }
 
-    fn clear_arrived(&self, apic: u32) {
-        if let Some(a) = self.st.borrow_mut().arrived.get_mut(apic as usize) {
-            *a = 0;
+    fn clear_arrived(&self, selector: u32) {
+        if let Some(apic) = self.possible_ids.get(selector as usize) {
+            self.st.borrow_mut().arrived.remove(apic);
         }
     }
 

@@ -169,7 +169,7 @@ impl Host for Coreboot<'_> {
     fn data(&self) -> HostData<'_> {
         HostData {
             slot_smbase: self.slot_smbase,
-            possible_apic_ids: self.boot.possible(),
+            possible_apic_ids: smm_handler::first_smi::possible_apic_ids(),
             slots: &SLOTS,
             routes: self.routes,
         }

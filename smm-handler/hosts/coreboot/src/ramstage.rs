@@ -123,6 +123,7 @@ pub extern "C" fn rust_cpu_hotplug_pre_mp_init(max_cpus: u32, console: ConsoleFn
         topo.possible,
         slot_limit,
         topo.max_apic_id(),
+        smm_handler::host::ROUTED_APIC_ID_MAX,
     );
     for r in &policy.refusals {
         let (t, args) = r.template();
@@ -203,18 +204,18 @@ pub unsafe extern "C" fn rust_cpu_hotplug_post_mp_init(
     unsafe {
         b.write(BootInfo::empty());
         let b = &mut *b;
-        let topo = &st.topology;
-        b.record_possible(
-            (0..topo.possible).map(|s| topo.apic_id(s).unwrap_or(u32::MAX)),
-            st.hotplug,
-        );
         b.tsc_per_us = tsc_per_us();
         b.log_level = log_level;
         b.route_table = apic_id_to_cpu as u64;
         core::ptr::write_volatile(&mut b.magic, BOOT_INFO_MAGIC);
     }
+    // Only with hotplug negotiated does SMM ever act on other APIC IDs (R6).
+    let topo = &st.topology;
+    let possible = (0..topo.possible)
+        .take(if st.hotplug { usize::MAX } else { 0 })
+        .map(|s| topo.apic_id(s).unwrap_or(u32::MAX));
     // SAFETY: as above; every AP has left the window (MP init is done).
-    if let Err(e) = unsafe { arming::install_and_lock_window(&HwPorts) } {
+    if let Err(e) = unsafe { arming::install_and_lock_window(&HwPorts, possible) } {
         c.line(Level::Error, "default-SMBASE window did not lock", &[]);
         return e.code();
     }

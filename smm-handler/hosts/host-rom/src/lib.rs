@@ -61,7 +61,7 @@ impl Host for HostRom {
     fn data(&self) -> HostData<'_> {
         HostData {
             slot_smbase: self.0.slot_smbases(),
-            possible_apic_ids: self.0.boot.possible(),
+            possible_apic_ids: smm_handler::first_smi::possible_apic_ids(),
             slots: &self.0.slots,
             // Each slot's stub copy knows its own slot index: no routing table.
             routes: None,
