@@ -119,20 +119,22 @@ fn count_handles_exactly_max_possible_cpus() {
     assert!(!t.truncated);
 }
 
-/// More than 256 possible CPUs (QEMU 10.0.2: `-smp 2,maxcpus=300`): every one is counted,
-/// the first 256 are recorded, and the largest APIC ID counts the unrecorded ones too, so
-/// the feature policy sees both why hotplug cannot be offered.
+/// More possible CPUs than are recorded (QEMU 10.0.2: `-smp 2,maxcpus=1100`): every one is
+/// counted, the first MAX_POSSIBLE are recorded, and the largest APIC ID counts the
+/// unrecorded ones too, so the feature policy sees both why hotplug cannot be offered.
 #[test]
 fn count_goes_on_past_the_recorded_cpus() {
-    let ids: Vec<u64> = (0..300).collect();
+    let n = MAX_POSSIBLE as u64 + 76;
+    let ids: Vec<u64> = (0..n).collect();
     let sim = Q35Sim::builder().cpus(&ids, &[0, 1]).build();
     let t = boot_count(&sim).unwrap();
-    assert_eq!((t.present, t.possible), (2, 300));
+    assert_eq!((t.present, t.possible), (2, n as u32));
     assert_eq!(t.recorded() as usize, MAX_POSSIBLE);
     assert_eq!(apic_ids(&t)[..3], [0, 1, 2]);
-    assert_eq!(t.apic_id(255), Some(255));
-    assert_eq!(t.apic_id(256), None, "past the recorded selectors");
-    assert_eq!(t.max_apic_id(), 299);
+    let last = MAX_POSSIBLE as u32 - 1;
+    assert_eq!(t.apic_id(last), Some(last));
+    assert_eq!(t.apic_id(last + 1), None, "past the recorded selectors");
+    assert_eq!(t.max_apic_id(), n as u32 - 1);
     assert_eq!(t.present_unrecorded, 0);
     assert!(!t.truncated);
     // The count leaves selector 0 and command 0 behind, as with fewer CPUs.
@@ -143,10 +145,11 @@ fn count_goes_on_past_the_recorded_cpus() {
 
 #[test]
 fn count_reports_present_cpus_past_the_recorded_ones() {
-    let ids: Vec<u64> = (0..300).collect();
-    let sim = Q35Sim::builder().cpus(&ids, &[0, 290]).build();
+    let n = MAX_POSSIBLE as u64 + 76;
+    let ids: Vec<u64> = (0..n).collect();
+    let sim = Q35Sim::builder().cpus(&ids, &[0, n as usize - 10]).build();
     let t = boot_count(&sim).unwrap();
-    assert_eq!((t.present, t.possible), (2, 300));
+    assert_eq!((t.present, t.possible), (2, n as u32));
     assert_eq!(t.present_unrecorded, 1);
     assert_eq!(present_mask(&t).iter().filter(|&&p| p).count(), 1);
 }
