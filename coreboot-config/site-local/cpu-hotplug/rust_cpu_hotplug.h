@@ -13,7 +13,7 @@
 /* diag_query of rust_cpu_hotplug_smi_entry() that answers the diagnostic query ("DIAG"). */
 #define RUST_CPU_HOTPLUG_DIAG_QUERY_ON 0x44494147
 /* SMM slots the Rust handler tracks (smm_handler::slots::MAX_SLOTS): one per possible CPU. */
-#define RUST_CPU_HOTPLUG_MAX_SLOTS 255
+#define RUST_CPU_HOTPLUG_MAX_SLOTS 1024
 /* The Rust handler's deepest path plus coreboot's SMI entry need more than 2 KiB of stack. */
 #define RUST_CPU_HOTPLUG_MIN_SMM_STACK 0x1000
 
