@@ -95,7 +95,7 @@ pub fn must_return_early(slots: &Slots, slot: usize) -> bool {
 }
 
 /// Scan the register block for insert events only (the eject requests it sees are left
-/// for [`scan_events`]). Returns the number of insert events; the APIC IDs go to `out`.
+/// for [`scan_events`]). Returns the number of insert events; their selectors go to `out`.
 pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BATCH>) -> u32 {
     let mut ejects = heapless::Vec::new();
     scan_events(h, out, &mut ejects)
@@ -111,8 +111,8 @@ pub fn scan_inserts<H: Host + ?Sized>(h: &H, out: &mut heapless::Vec<u32, MAX_BA
 /// the scan's `possible` steps, so a CPU that keeps moving the selector can only make the
 /// scan miss events (those CPUs are found later through their arrival marks), never make
 /// it longer.
-/// Returns the number of insert events seen; their APIC IDs go to `inserts`, the
-/// selectors with an eject request (`fw_remove`) to `ejects`.
+/// Returns the number of insert events seen; the selectors of the consistent ones go to
+/// `inserts_out`, those with an eject request (`fw_remove`) to `ejects`.
 pub fn scan_events<H: Host + ?Sized>(
     h: &H,
     inserts_out: &mut heapless::Vec<u32, MAX_BATCH>,
@@ -192,8 +192,8 @@ fn event_confirmed<P: q35::io::PortIo>(hp: &CpuHp<'_, P>, sel: u32, event: u8) -
     hp.data() == sel && st & event == event
 }
 
-/// One insert event at `selector`: the boot table's APIC ID goes to `out` if the status is
-/// consistent and the block reports the same ID.
+/// One insert event at `selector`: the selector goes to `out` if the status is consistent
+/// and the block reports the APIC ID boot recorded there.
 fn insert_event<H: Host + ?Sized>(
     h: &H,
     selector: u32,
@@ -219,7 +219,7 @@ fn insert_event<H: Host + ?Sized>(
                 selector
             )
         }
-        (Some(Some(a)), Some(r)) if a == r => push_unique(out, r),
+        (Some(Some(a)), Some(r)) if a == r => push_unique(out, selector),
         (Some(Some(a)), _) if !d.is_possible(a) => {
             smm_log!(h, Warn, "APIC ID {} is not a possible CPU, skipped", a)
         }
@@ -237,15 +237,26 @@ fn insert_event<H: Host + ?Sized>(
 /// The boot table's entry for a selector whose arch ID does not fit 32 bits.
 const NO_ID: u32 = u32::MAX;
 
-fn push_unique(v: &mut heapless::Vec<u32, MAX_BATCH>, apic: u32) {
-    if !v.contains(&apic) {
-        let _ = v.push(apic);
+fn push_unique(v: &mut heapless::Vec<u32, MAX_BATCH>, selector: u32) {
+    if !v.contains(&selector) {
+        let _ = v.push(selector);
     }
 }
 
-/// Validate a candidate APIC ID (R6); logs why it is skipped.
-fn acceptable<H: Host + ?Sized>(h: &H, apic: u32) -> bool {
+/// The APIC ID boot recorded for the possible CPU at `selector` (all-ones, which no CPU
+/// has, past the table).
+fn apic_at<H: Host + ?Sized>(h: &H, selector: u32) -> u32 {
+    h.data()
+        .possible_apic_ids
+        .get(selector as usize)
+        .copied()
+        .unwrap_or(slots::NO_APIC)
+}
+
+/// Validate the candidate at `selector` (R6); logs why it is skipped.
+fn acceptable<H: Host + ?Sized>(h: &H, selector: u32) -> bool {
     let d = h.data();
+    let apic = apic_at(h, selector);
     if apic > crate::host::APIC_ID_LIMIT {
         smm_log!(
             h,
@@ -277,6 +288,7 @@ fn acceptable<H: Host + ?Sized>(h: &H, apic: u32) -> bool {
 /// then relocate the new ones. Idempotent: with nothing pending it changes nothing (R10).
 pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
     let mut s = Summary::default();
+    // Candidates by selector (the possible-CPU index the arrival marks use).
     let mut cands: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
     let mut ejects: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
     s.inserts = scan_events(h, &mut cands, &mut ejects);
@@ -294,7 +306,7 @@ pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
         return s;
     }
     add_stragglers(h, &mut cands);
-    cands.retain(|&a| acceptable(h, a));
+    cands.retain(|&sel| acceptable(h, sel));
     if cands.is_empty() {
         if s.inserts > 0 {
             smm_log!(
@@ -311,8 +323,8 @@ pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
         Some(never_arrived) => s.skipped += never_arrived,
         None => return s,
     }
-    for &apic in cands.iter() {
-        if relocate(h, apic, &mut s) == Step::Stop {
+    for &sel in cands.iter() {
+        if relocate(h, sel, &mut s) == Step::Stop {
             break;
         }
     }
@@ -330,7 +342,7 @@ fn add_stragglers<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BA
     let hp = CpuHp::new(h.ports());
     for (sel, &apic) in d.possible_apic_ids.iter().enumerate() {
         let sel = sel as u32;
-        if w.arrived(sel) == 0 || cands.contains(&apic) {
+        if w.arrived(sel) == 0 || cands.contains(&sel) {
             continue;
         }
         hp.select(sel);
@@ -338,7 +350,7 @@ fn add_stragglers<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BA
             // The CPU is gone (ejected before it was relocated): its mark is stale.
             w.clear_arrived(sel);
         } else if hp.arch_id() == Some(apic) {
-            push_unique(cands, apic);
+            push_unique(cands, sel);
         }
     }
 }
@@ -358,32 +370,26 @@ fn arrival_barrier<H: Host + ?Sized>(
     h: &H,
     cands: &mut heapless::Vec<u32, MAX_BATCH>,
 ) -> Option<u32> {
-    let (w, d) = (h.window(), h.data());
-    // Each candidate's selector, looked up once: the waits poll the marks by it.
-    let sels: heapless::Vec<u32, MAX_BATCH> = cands
-        .iter()
-        .map(|&a| d.selector_of(a).unwrap_or(u32::MAX))
-        .collect();
-    let pairs = || cands.iter().copied().zip(sels.iter().copied());
-    let all_arrived = || sels.iter().all(|&s| w.arrived(s) != 0);
+    let w = h.window();
+    let all_arrived = || cands.iter().all(|&sel| w.arrived(sel) != 0);
     match wait(h, T_ARRIVE_US, all_arrived) {
         Wait::Met => return Some(0),
         Wait::Deposed => return None,
         Wait::TimedOut => {}
     }
-    for (a, _) in pairs().filter(|&(_, s)| w.arrived(s) == 0) {
+    for &sel in cands.iter().filter(|&&sel| w.arrived(sel) == 0) {
         // Plugged just after the broadcast (edk2 cbccf99592): a directed SMI.
-        send_ipi_or_log(h, a, lapic::ICR_SMI);
+        send_ipi_or_log(h, apic_at(h, sel), lapic::ICR_SMI);
     }
     match wait(h, T_SMI_IPI_US, all_arrived) {
         Wait::Met => {}
         Wait::Deposed => return None,
         Wait::TimedOut => {
-            for (a, _) in pairs().filter(|&(_, s)| w.arrived(s) == 0) {
+            for &sel in cands.iter().filter(|&&sel| w.arrived(sel) == 0) {
                 // Cancel whatever SMI is still outstanding (TCG: INIT discards it) and,
                 // on KVM semantics, let a latched SMI be taken at the pen. Never sent to
                 // a CPU that arrived (R13).
-                let vec = crate::layout::window::PEN.base >> 12;
+                let (a, vec) = (apic_at(h, sel), crate::layout::window::PEN.base >> 12);
                 if !send_ipi_or_log(h, a, lapic::ICR_INIT) {
                     continue;
                 }
@@ -397,23 +403,21 @@ fn arrival_barrier<H: Host + ?Sized>(
             }
         }
     }
-    let mut kept: heapless::Vec<u32, MAX_BATCH> = heapless::Vec::new();
-    for (a, s) in pairs() {
-        if w.arrived(s) != 0 {
-            let _ = kept.push(a);
-        } else {
+    let before = cands.len();
+    cands.retain(|&sel| {
+        let ok = w.arrived(sel) != 0;
+        if !ok {
             smm_log!(
                 h,
                 Warn,
                 "APIC ID {} never arrived in the first-SMI handler; left at the default SMBASE",
-                a
+                apic_at(h, sel)
             );
         }
-    }
-    let never = (cands.len() - kept.len()) as u32;
-    *cands = kept;
+        ok
+    });
     w.reset_pen();
-    Some(never)
+    Some((before - cands.len()) as u32)
 }
 
 /// Send an IPI the barrier needs; when the host cannot (an x2APIC ID while the OS keeps
@@ -438,7 +442,8 @@ fn send_ipi_or_log<H: Host + ?Sized>(h: &H, apic: u32, icr_low: u32) -> bool {
 /// ([`slots::Phase`]) before it is taken, and the window's flags are cleared before the
 /// slot is published, so a recovery after a lost monarch trusts only what this
 /// relocation wrote (R15).
-fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
+fn relocate<H: Host + ?Sized>(h: &H, sel: u32, s: &mut Summary) -> Step {
+    let apic = apic_at(h, sel);
     // It arrived (the barrier kept only arrived CPUs): an old slot of its APIC ID is free.
     eject::forget_if_replugged(h, apic);
     let d = h.data();
@@ -505,7 +510,7 @@ fn relocate<H: Host + ?Sized>(h: &H, apic: u32, s: &mut Summary) -> Step {
     let tsc_pen = tsc();
     d.slots.set(n, slots::ACTIVE, apic);
     d.slots.set_phase(n, Phase::Idle);
-    clear_arrived(h, apic);
+    w.clear_arrived(sel);
     s.relocated += 1;
     let us = h.now_us().wrapping_sub(t0);
     smm_log!(
