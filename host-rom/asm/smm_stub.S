@@ -1,7 +1,8 @@
 /* The host ROM's SMM entry stub, copied to every slot at SMBASE + 0x8000 (imitating
    coreboot's x86_64 smm_stub.S): an IDT of limit 0, the INIT-reset-state check, then real
    mode -> protected mode -> long mode on TSEG's page tables, CR4 = PAE only (SSE stays
-   off, as coreboot's SMM), the slot's stack, the SMM module's Rust entry, RSM. Included
+   off, as coreboot's SMM), then a jump to the SMM module's entry with the slot number,
+   which takes a stack of the pool, runs the handler and executes the RSM. Included
    through global_asm! by host-rom/src/smm_stub.rs, after platform/asm/gdt.S, long_mode.S
    and smm-handler/asm/pen_context.S; operands are the parameter offsets P_*, the
    save-state offsets (relative to SMBASE, smm_handler::save_state) and the selectors
@@ -80,12 +81,11 @@ smm_stub32:
     .code64
     .global smm_stub64
 smm_stub64:
-    /* 7. The slot's stack (P_STACK), smm_entry(slot = P_SLOT) at P_ENTRY, then RSM. */
-    movq {stack}(%rbx), %rsp
+    /* 7. Jump to the module's entry (P_ENTRY) with EDI = the slot (P_SLOT): no stack
+          here, it picks one of the pool, and it ends with the RSM. */
     movl {slot}(%rbx), %edi
     movq {entry}(%rbx), %rax
-    call *%rax
-    rsm
+    jmp *%rax
 
     /* The lidt operand of step 0: limit 0 (assembled here, so the image shows it);
        tseg.rs points the base at the copy itself, in SMRAM. */

@@ -11,6 +11,7 @@
 //! | --- | --- | --- |
 //! | `opt/host-rom/insecure-open-default-smbase` | `leave-window-open` | the negative control of the attack test: the first-SMI handler is not installed and 0x30000-0x4FFFF stays open RAM; no SMI feature is negotiated at all, so CPU hotplug is never negotiated with the window open |
 //! | `opt/host-rom/baseline-no-smm` | `no-smm-baseline` | the hot-add benchmark's baseline: no SMM is set up; only on a machine without SMM (QEMU 10.0.2 with `smm=off`), checked at boot, else the boot stops |
+//! | `opt/host-rom/stack-pool` | `one-stack` | SMM's stack pool holds 1 stack instead of one per slot (up to 64), so that a test with more CPUs in SMM at once than stacks shows the wait for a free stack: slower, not weaker |
 
 /// What the host asked for.
 #[derive(Clone, Copy, Debug, Default)]
@@ -19,6 +20,8 @@ pub struct Knobs {
     pub leave_window_open: bool,
     /// Set up no SMM (benchmark baseline, machines without SMM only).
     pub no_smm_baseline: bool,
+    /// Lay out a stack pool of 1 stack.
+    pub one_stack: bool,
 }
 
 #[cfg(feature = "test-knobs")]
@@ -33,6 +36,8 @@ mod test_image {
     );
     /// The benchmark baseline's file and the one value it acts on.
     pub const NO_SMM: (&str, &str) = ("opt/host-rom/baseline-no-smm", "no-smm-baseline");
+    /// The small stack pool's file and the one value it acts on.
+    pub const ONE_STACK: (&str, &str) = ("opt/host-rom/stack-pool", "one-stack");
 
     /// Whether `knob`'s file holds exactly its value; a warning when it holds another.
     pub fn set(cfg: &FwCfg<'_, HwPorts>, (file, value): (&str, &str)) -> bool {
@@ -55,7 +60,7 @@ mod test_image {
 }
 
 #[cfg(feature = "test-knobs")]
-pub use test_image::{INSECURE, NO_SMM};
+pub use test_image::{INSECURE, NO_SMM, ONE_STACK};
 
 impl Knobs {
     /// Read the knobs from fw_cfg (test image).
@@ -67,6 +72,7 @@ impl Knobs {
         Knobs {
             leave_window_open: test_image::set(cfg, INSECURE),
             no_smm_baseline: test_image::set(cfg, NO_SMM),
+            one_stack: test_image::set(cfg, ONE_STACK),
         }
     }
 

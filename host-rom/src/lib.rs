@@ -130,9 +130,13 @@ extern "C" fn rom_main() -> ! {
     let hotplug = granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
     let slots = arming::slots_to_lay_out(hotplug, topo.present, topo.possible);
     // The policy never grants hotplug for more slots than a TSEG holds.
-    mem.place_tseg(
-        Tseg::for_slots(slots).unwrap_or_else(|| fatal!("no TSEG size holds {} SMM slots", slots)),
-    );
+    let mut tseg =
+        Tseg::for_slots(slots).unwrap_or_else(|| fatal!("no TSEG size holds {} SMM slots", slots));
+    if knobs.one_stack {
+        log::warn!("TEST: SMM stack pool of 1 stack (test knob)");
+        tseg = tseg.with_stacks(1);
+    }
+    mem.place_tseg(tseg);
     let cpus = start_aps(&topo);
     if knobs.no_smm_baseline {
         log::warn!("BASELINE: no SMM set up at all (benchmark baseline only)");
@@ -493,8 +497,10 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, mem: &Memory, default_window: bool, 
         }
     );
     log::info!(
-        "SMRAM used: handler {} bytes, per-CPU slot {} bytes, total {} bytes for {} slots",
+        "SMRAM used: handler {} bytes, stack pool {} x {} bytes, per-CPU slot {} bytes, total {} bytes for {} slots",
         layout.module_size,
+        layout.stacks,
+        tseg::STACK_SIZE,
         layout.slot_bytes,
         layout.total_bytes,
         layout.slots

@@ -2,8 +2,8 @@
 //! imitating coreboot's x86_64 smm_stub.S: an IDT of limit 0, then a CPU in the INIT reset
 //! state goes straight back to the post-SMM pen; every other CPU goes real mode →
 //! protected mode → long mode with an identity map of 4 GiB (page 0 not mapped), CR4 =
-//! PAE only (SSE stays off), a small stack per slot, then the module's Rust entry, then
-//! RSM. Each copy carries its own parameters at offset [`P_GDT`] and above, reached
+//! PAE only (SSE stays off), then a jump to the module's entry, which takes a stack of the
+//! pool, runs the handler and ends with RSM. Each copy carries its own parameters at offset [`P_GDT`] and above, reached
 //! through CS (whose base is the slot's SMBASE) in real mode and through EBX (the copy's
 //! absolute address) afterwards. Also the boot GDT's bytes (`platform/asm/gdt.S`) for
 //! TSEG.
@@ -25,12 +25,10 @@ pub const P_CR3: usize = 0x1CC;
 pub const P_FAR32: usize = 0x1D0;
 /// Parameter: m16:32 far pointer to this copy's 64-bit part.
 pub const P_FAR64: usize = 0x1D8;
-/// Parameter: u64 address of the SMM module's Rust entry.
+/// Parameter: u64 address of the SMM module's entry (`smm_slot_entry`).
 pub const P_ENTRY: usize = 0x1E0;
-/// Parameter: u64 top of the slot's stack.
-pub const P_STACK: usize = 0x1E8;
 /// Parameter: u32 slot number, the entry's argument.
-pub const P_SLOT: usize = 0x1F0;
+pub const P_SLOT: usize = 0x1E8;
 
 const _: () = assert!(P_SLOT + 4 <= tseg::STUB_MAX as usize);
 
@@ -46,7 +44,6 @@ core::arch::global_asm!(
     far32 = const P_FAR32,
     far64 = const P_FAR64,
     cr3 = const P_CR3,
-    stack = const P_STACK,
     slot = const P_SLOT,
     entry = const P_ENTRY,
     sel_code32 = const SEL_CODE32,

@@ -4,6 +4,9 @@
 //! [`crate::layout::window::BOOT_INFO`] in the default-SMBASE window, which becomes SMRAM
 //! at the 0x9C lock.
 
+use core::sync::atomic::AtomicU32;
+
+use crate::layout::tseg::MAX_STACKS;
 use crate::slots::{Slots, MAX_SLOTS};
 
 /// [`BootInfo::magic`] of a block boot code finished writing ("HPBI").
@@ -60,7 +63,7 @@ pub struct SmmParams {
     pub magic: u32,
     /// Slots laid out (one per possible CPU).
     pub slot_count: u32,
-    /// TSEG base (the slot stacks are at [`crate::layout::tseg::slot_stack`]).
+    /// TSEG base (the pool stacks are at [`crate::layout::tseg::pool_stack`]).
     pub tseg_base: u32,
     /// Non-zero during the boot phase: set when the boot code fills the block, cleared by
     /// it right before the locks (with TSEG briefly disabled, the only way to write TSEG
@@ -74,6 +77,17 @@ pub struct SmmParams {
     pub slot_smbase: [u32; MAX_SLOTS],
     /// Slot states and the APIC ID each slot serves (seeded with the boot CPUs).
     pub slots: Slots,
+    /// Stacks in the pool ([`crate::layout::tseg::Tseg::stack_count`]).
+    pub stack_count: u32,
+    /// The owner of each pool stack: slot + 1 of the CPU running on it, 0 = free. Claimed
+    /// and released by the SMM entry code with compare-and-swap; a CPU that finds a stack
+    /// still owned by its own slot (its earlier run was cut short) takes it back.
+    pub stack_owner: [AtomicU32; MAX_STACKS as usize],
+    /// SMI entries that found no free stack at first and waited for one (counted by the
+    /// entry code, reported and cleared by the monarch).
+    pub stack_waits: AtomicU32,
+    /// SMI entries that waited for a stack in vain and left SMM without the handler.
+    pub stack_gave_up: AtomicU32,
 }
 
 impl SmmParams {
@@ -87,6 +101,10 @@ impl SmmParams {
             boot: BootInfo::empty(),
             slot_smbase: [0; MAX_SLOTS],
             slots: Slots::new(),
+            stack_count: 0,
+            stack_owner: [const { AtomicU32::new(0) }; MAX_STACKS as usize],
+            stack_waits: AtomicU32::new(0),
+            stack_gave_up: AtomicU32::new(0),
         }
     }
 

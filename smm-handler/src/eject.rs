@@ -247,6 +247,7 @@ fn forget<H: Host + ?Sized>(h: &H, slot: usize, apic: u32) {
     if let Some(smbase) = d.slot_smbase(slot) {
         h.zero_save_state(smbase);
     }
+    h.slot_forgotten(slot);
     d.slots.set(slot, slots::FREE, NO_APIC);
 }
 

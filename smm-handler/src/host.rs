@@ -94,6 +94,10 @@ pub trait Host {
     /// Zero the save state of the slot at `smbase` (a forgotten slot keeps nothing of the
     /// ejected CPU).
     fn zero_save_state(&self, smbase: u32);
+    /// The CPU of `slot` is gone for good (ejected, or replaced by a new CPU with its APIC
+    /// ID): the host releases what it still holds for it (the host ROM: a pool stack a
+    /// CPU parked or reset inside SMM still owns). By default nothing.
+    fn slot_forgotten(&self, _slot: usize) {}
     /// Called on every poll of the monarch's waits: lets the host record progress for its
     /// SMI lock, and says whether this CPU still is the monarch (`false` when another CPU
     /// took over after this one stalled: the service then stops at once and leaves every

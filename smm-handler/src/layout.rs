@@ -222,10 +222,16 @@ pub mod tseg {
     /// The relocatable SMM module (the host ROM's SMM entry and the handler with its
     /// slot tables, about 34 KiB for [`MAX_SLOTS`] slots).
     pub const MODULE: Region = Region::new(0x8000, 0x1_0000);
-    /// Bytes of one slot's stack; its lowest 8 bytes hold [`super::STACK_CANARY`].
-    pub const SLOT_STACK_SIZE: u32 = 0x800;
-    /// Where the slot stacks begin: slot i's is `[STACKS_BASE + i * SLOT_STACK_SIZE, +
-    /// SLOT_STACK_SIZE)`.
+    /// Bytes of one stack of the pool; its lowest 8 bytes hold [`super::STACK_CANARY`].
+    pub const STACK_SIZE: u32 = 0x800;
+    /// Most stacks in the pool. A CPU holds one only while it runs the handler's Rust
+    /// code, so the pool is sized by what runs at once, not by possible CPUs: every
+    /// present CPU enters SMM on a broadcast SMI, but only the monarch does the work; the
+    /// others wait for it. Past this many at once, a CPU waits for a free stack in the
+    /// entry code, without one (`docs/protocol.md#smram-per-cpu`).
+    pub const MAX_STACKS: u32 = 64;
+    /// Where the stack pool begins: stack i is `[STACKS_BASE + i * STACK_SIZE, +
+    /// STACK_SIZE)`.
     pub const STACKS_BASE: u32 = MODULE.end();
     /// Distance between the SMBASEs of neighbouring slots: the entry stubs (at most 0x200
     /// bytes at SMBASE + 0x8000) and the save states (SMBASE + 0xFE00) of all slots
@@ -236,13 +242,16 @@ pub mod tseg {
 
     /// A TSEG of one of the [`SIZES`] holding `slots` slots: slot 0's SMBASE is the
     /// highest (its save state ends exactly at the top of TSEG), each next one a
-    /// [`SLOT_STRIDE`] lower; the stacks grow up from [`STACKS_BASE`].
+    /// [`SLOT_STRIDE`] lower; the stack pool grows up from [`STACKS_BASE`].
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Tseg {
         /// Bytes of TSEG.
         pub size: u32,
         /// Slots laid out.
         pub slots: u32,
+        /// Stacks in the pool: one per slot up to [`MAX_STACKS`] (fewer only in the host
+        /// ROM's test image, to exercise the wait for a stack).
+        pub stacks: u32,
     }
 
     impl Tseg {
@@ -252,11 +261,17 @@ pub mod tseg {
             if slots as usize > MAX_SLOTS {
                 return None;
             }
+            let stacks = if slots < MAX_STACKS {
+                slots
+            } else {
+                MAX_STACKS
+            };
             let mut i = 0;
             while i < SIZES.len() {
                 let t = Tseg {
                     size: SIZES[i],
                     slots,
+                    stacks,
                 };
                 if t.fits() {
                     return Some(t);
@@ -288,9 +303,18 @@ pub mod tseg {
             tseg_base + self.top_smbase() - i * SLOT_STRIDE
         }
 
-        /// The slot stacks.
-        pub const fn stacks(self) -> Region {
-            Region::new(STACKS_BASE, self.slots * SLOT_STACK_SIZE)
+        /// The same TSEG with a pool of `n` stacks (at least 1, at most the current pool).
+        pub const fn with_stacks(self, n: u32) -> Tseg {
+            let n = if n == 0 { 1 } else { n };
+            Tseg {
+                stacks: if n < self.stacks { n } else { self.stacks },
+                ..self
+            }
+        }
+
+        /// The stack pool.
+        pub const fn stack_area(self) -> Region {
+            Region::new(STACKS_BASE, self.stacks * STACK_SIZE)
         }
 
         /// The slots' entry stubs and save states, from the lowest slot's stub to the top.
@@ -309,7 +333,13 @@ pub mod tseg {
             if self.slots.saturating_sub(1) * SLOT_STRIDE > self.top_smbase() {
                 return false;
             }
-            let parts = [PAGE_TABLES, GDT, MODULE, self.stacks(), self.slot_area()];
+            let parts = [
+                PAGE_TABLES,
+                GDT,
+                MODULE,
+                self.stack_area(),
+                self.slot_area(),
+            ];
             let all = Region::new(0, self.size);
             let mut i = 0;
             while i < parts.len() {
@@ -329,10 +359,10 @@ pub mod tseg {
         }
     }
 
-    /// Slot i's stack bottom (lowest address, where the canary lives), in a TSEG at
+    /// Pool stack i's bottom (lowest address, where the canary lives), in a TSEG at
     /// `tseg_base` of any size.
-    pub const fn slot_stack(tseg_base: u32, i: u32) -> u32 {
-        tseg_base + STACKS_BASE + i * SLOT_STACK_SIZE
+    pub const fn pool_stack(tseg_base: u32, i: u32) -> u32 {
+        tseg_base + STACKS_BASE + i * STACK_SIZE
     }
 
     // Every slot count up to MAX_SLOTS has a TSEG; a small guest keeps the 1 MiB one.

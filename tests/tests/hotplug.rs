@@ -19,7 +19,11 @@ fn device_add(
 }
 
 fn hotplug_vm(smp: &str, expect: usize, variant: Option<&str>) -> Vm {
-    let mut cfg = VmConfig::new(smp)
+    hotplug_vm_with(VmConfig::new(smp), expect, variant)
+}
+
+fn hotplug_vm_with(cfg: VmConfig, expect: usize, variant: Option<&str>) -> Vm {
+    let mut cfg = cfg
         .with_qmp()
         .arg("-fw_cfg")
         .arg(&format!("name=opt/payload/hotplug,string={expect}"));
@@ -36,7 +40,11 @@ fn hotplug_vm(smp: &str, expect: usize, variant: Option<&str>) -> Vm {
 
 /// Plug `n` CPUs back to back, then wait for the payload's verdict.
 fn plug_and_check(smp: &str, n: usize, variant: Option<&str>) -> Outcome {
-    let mut vm = hotplug_vm(smp, n, variant);
+    plug_and_check_with(VmConfig::new(smp), n, variant)
+}
+
+fn plug_and_check_with(cfg: VmConfig, n: usize, variant: Option<&str>) -> Outcome {
+    let mut vm = hotplug_vm_with(cfg, n, variant);
     let q = vm.qmp.as_mut().unwrap();
     let free = free_cpus(q);
     assert!(free.len() >= n, "only {} free CPU slots", free.len());
@@ -78,6 +86,42 @@ fn three_cpus_added_back_to_back_before_the_payload_reacts() {
 #[test]
 fn filling_up_to_maxcpus_works() {
     plug_and_check("1,maxcpus=8", 7, None);
+}
+
+#[test]
+fn more_cpus_in_smm_at_once_than_stacks_wait_for_one_and_hot_add_still_works() {
+    // The test image's knob shrinks SMM's stack pool to 1: with 4 present CPUs in every
+    // broadcast SMI, three wait in the entry code without a stack until one is free; every
+    // CPU must still answer its diagnostic SMIs at its own slot, and the new ones too.
+    host_rom_only!();
+    let cfg = VmConfig::new("4,maxcpus=6").fw_cfg("opt/host-rom/stack-pool", "one-stack");
+    let o = plug_and_check_with(cfg, 2, None);
+    assert!(
+        o.output
+            .contains("TEST: SMM stack pool of 1 stack (test knob)"),
+        "{}",
+        o.output
+    );
+    assert!(
+        o.output.contains("stack pool 1 x 2048 bytes"),
+        "{}",
+        o.output
+    );
+    assert_eq!(lines_with(&o.output, "CPU apic=").len(), 4, "{}", o.output);
+    assert!(!o.output.contains("stack overflow"), "{}", o.output);
+    // The monarch of each APMC 4 holds the one stack through the service while the
+    // others enter: they waited, and none gave up.
+    let waits: Vec<&str> = o
+        .output
+        .lines()
+        .filter(|l| l.contains("waited for a free SMM stack"))
+        .collect();
+    assert!(!waits.is_empty(), "{}", o.output);
+    assert!(
+        waits.iter().all(|l| l.ends_with(", 0 gave up waiting")),
+        "{}",
+        o.output
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! TSEG laid out for its slots (every possible CPU with hotplug, else every present one),
 //! the way coreboot's x86_64 TSEG build does it (`smm_handler::layout::tseg`): identity
-//! page tables, the GDT, the relocated SMM module with its parameter block, a stack per
-//! slot with a canary, and one entry stub per slot with its own parameters.
+//! page tables, the GDT, the relocated SMM module with its parameter block, the stack
+//! pool with a canary per stack, and one entry stub per slot with its own parameters.
 
 use core::ptr::{write_bytes, write_volatile};
 
@@ -20,8 +20,10 @@ pub struct SmmLayout {
     pub slots: u32,
     /// Bytes of the SMM module image.
     pub module_size: u32,
-    /// SMRAM bytes per slot: its stride share plus its stack.
+    /// SMRAM bytes per slot: its share of the interleaved stubs and save states.
     pub slot_bytes: u32,
+    /// Stacks in the pool (each `tseg::STACK_SIZE` bytes, part of the fixed SMRAM).
+    pub stacks: u32,
     /// SMRAM bytes in use.
     pub total_bytes: u32,
 }
@@ -68,20 +70,34 @@ pub unsafe fn load(
     p.magic = PARAMS_MAGIC;
     p.tseg_base = tseg_base;
     p.slot_count = slots;
+    p.stack_count = t.stacks;
     for (i, s) in p.slot_smbase.iter_mut().enumerate().take(slots as usize) {
         *s = t.slot_smbase(tseg_base, i as u32);
     }
     fill(p);
     let entry = mbase + u64::from(module.entry);
     for i in 0..slots {
-        // SAFETY: slot i's stub and stack lie inside TSEG (i < t.slots, which fits).
+        // SAFETY: slot i's stub lies inside TSEG (i < t.slots, which fits).
         unsafe { install_stub(t, tseg_base, i, entry) };
+    }
+    for i in 0..t.stacks {
+        // SAFETY: pool stack i lies inside TSEG's stack pool (i < its count, which fits).
+        unsafe {
+            write_volatile(
+                tseg::pool_stack(tseg_base, i) as usize as *mut u64,
+                STACK_CANARY,
+            )
+        };
     }
     Ok(SmmLayout {
         slots,
         module_size: module.image_size,
-        slot_bytes: tseg::SLOT_STRIDE + tseg::SLOT_STACK_SIZE,
-        total_bytes: t.slot_area().size + t.stacks().size + tseg::MODULE.base + module.image_size,
+        slot_bytes: tseg::SLOT_STRIDE,
+        stacks: t.stacks,
+        total_bytes: t.slot_area().size
+            + t.stack_area().size
+            + tseg::MODULE.base
+            + module.image_size,
     })
 }
 
@@ -174,16 +190,15 @@ unsafe fn load_module(t: u32, module: &Rmod<'_>) -> Result<u64, SmmError> {
     Ok(mbase)
 }
 
-/// Slot `i`'s entry stub at SMBASE + 0x8000 with its own parameters, and its stack canary.
+/// Slot `i`'s entry stub at SMBASE + 0x8000 with its own parameters.
 ///
 /// # Safety
 /// TSEG `tseg` at `t` must be ours; `i < tseg.slots`.
 unsafe fn install_stub(tseg: Tseg, t: u32, i: u32, entry: u64) {
     let stub = smm_stub::smm_stub();
     let s = (tseg.slot_smbase(t, i) + SMM_ENTRY_OFFSET) as usize as *mut u8;
-    let stack_lo = tseg::slot_stack(t, i);
     // SAFETY: the stub (at most STUB_MAX bytes) and its parameters lie in slot i's stub
-    // area inside TSEG; the stack bottom is inside STACKS.
+    // area inside TSEG.
     unsafe {
         core::ptr::copy_nonoverlapping(stub.code.as_ptr(), s, stub.code.len());
         let w16 = |o: usize, v: u16| (s.add(o) as *mut u16).write_unaligned(v);
@@ -198,13 +213,8 @@ unsafe fn install_stub(tseg: Tseg, t: u32, i: u32, entry: u64) {
         w32(smm_stub::P_FAR64, s as u32 + stub.off64 as u32);
         w16(smm_stub::P_FAR64 + 4, smm_stub::SEL_CODE64);
         w64(smm_stub::P_ENTRY, entry);
-        w64(
-            smm_stub::P_STACK,
-            u64::from(stack_lo + tseg::SLOT_STACK_SIZE),
-        );
         w32(smm_stub::P_SLOT, i);
         // The IDT base: the copy itself, in SMRAM; the limit stays the assembled 0.
         w32(stub.off_idt + 2, s as u32);
-        write_volatile(stack_lo as usize as *mut u64, STACK_CANARY);
     }
 }
