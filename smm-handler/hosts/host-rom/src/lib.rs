@@ -51,9 +51,9 @@ const STACK_WAIT_POLLS: u32 = 100_000_000;
 //    compare-and-swap and halts here for good. Bounded retries when the state moves.
 // 3. A pool stack: the one its slot still owns (its earlier run was cut short: an INIT
 //    inside SMM under TCG), else the first free one by compare-and-swap of its owner from
-//    0 to slot + 1. None free: count the wait, poll again after `pause`, bounded; then
-//    count the give-up and RSM without the handler (the monarch serves APMC 4 whatever
-//    this CPU does).
+//    0 to slot + 1. None free: count the wait (once per entry), poll again after
+//    `pause`, bounded; then count the give-up and RSM without the handler (the monarch
+//    serves APMC 4 whatever this CPU does).
 // 4. smm_entry(slot, stack) on that stack, then release it (owner back to 0) and RSM.
 // Registers: R14 = &SMM_PARAMS, R13 = slot, R15 = slot + 1, R12 = stack index; R12-R15
 // are callee-saved across smm_entry.
@@ -92,8 +92,7 @@ core::arch::global_asm!(
     "    je 10f",
     "    incl %r12d",
     "    jmp 5b",
-    "6:  lock incl {off_waits}(%r14)",
-    "    movl ${wait_polls}, %r8d",
+    "6:  movl ${wait_polls}, %r8d",
     "7:  xorl %r12d, %r12d",
     "11: cmpl %ecx, %r12d",
     "    jae 12f",
@@ -102,7 +101,10 @@ core::arch::global_asm!(
     "    je 10f",
     "    incl %r12d",
     "    jmp 11b",
-    "12: pause",
+    "12: cmpl ${wait_polls}, %r8d",
+    "    jne 13f",
+    "    lock incl {off_waits}(%r14)",
+    "13: pause",
     "    decl %r8d",
     "    jnz 7b",
     "    lock incl {off_gave_up}(%r14)",
@@ -259,7 +261,15 @@ pub extern "sysv64" fn smm_entry(slot: u32, stack: u32) {
 fn report_stack_waits(host: &HostRom) {
     let waits = host.0.stack_waits.swap(0, Ordering::SeqCst);
     let gave_up = host.0.stack_gave_up.swap(0, Ordering::SeqCst);
-    if waits != 0 || gave_up != 0 {
+    if gave_up != 0 {
+        smm_log!(
+            host,
+            Warn,
+            "{} SMI entries waited for a free SMM stack, {} gave up waiting",
+            waits,
+            gave_up
+        );
+    } else if waits != 0 {
         smm_log!(
             host,
             Info,
