@@ -208,7 +208,7 @@ pub mod tseg {
 
     /// The TSEG sizes ESMRAMC's TSEG_SZ field selects (values 0, 1, 2). The fourth value
     /// selects QEMU's extended TSEG (`mch.extended-tseg-mbytes`, 16 MiB by default): not
-    /// used, because 8 MiB already holds [`MAX_SLOTS`] slots (asserted below) and every
+    /// used, because 2 MiB already hold [`MAX_SLOTS`] slots (asserted below) and every
     /// MiB of TSEG is taken from the guest.
     pub const SIZES: [u32; 3] = [1 << 20, 2 << 20, 8 << 20];
     /// Identity map of 4 GiB: PML4, PDPT, four page directories of 2 MiB pages, and one
@@ -366,7 +366,28 @@ pub mod tseg {
     }
 
     // Every slot count up to MAX_SLOTS has a TSEG; a small guest keeps the 1 MiB one.
-    const _: () = assert!(Tseg::for_slots(MAX_SLOTS as u32).is_some());
+    const _: () = assert!(matches!(
+        Tseg::for_slots(MAX_SLOTS as u32),
+        Some(Tseg {
+            size: 0x20_0000,
+            ..
+        })
+    ));
+    // 1 MiB holds 769 slots (README).
+    const _: () = assert!(matches!(
+        Tseg::for_slots(769),
+        Some(Tseg {
+            size: 0x10_0000,
+            ..
+        })
+    ));
+    const _: () = assert!(matches!(
+        Tseg::for_slots(770),
+        Some(Tseg {
+            size: 0x20_0000,
+            ..
+        })
+    ));
     const _: () = assert!(matches!(
         Tseg::for_slots(64),
         Some(Tseg {
