@@ -5,7 +5,8 @@
 
    Rules (R16): no stack (SS:SP and IDTR are still the interrupted context's), no
    instruction that can fault, nothing read outside the window except CPUID, and two
-   loops only: the search of the possible-CPU table (bounded by its size) and the gate. Addressing is absolute through EDI = 0 with DS base 0
+   loops only: the search of the possible-CPU table (bounded by its size) and the gate.
+   EBP keeps this CPU's index in that table from step 2 to step 3 (all-ones: none). Addressing is absolute through EDI = 0 with DS base 0
    (the SMM entry state), so the code does not depend on CS and the self-SIPI restart at
    CS = 0x3800 simply runs it again. */
     .section .rodata.first_smi_handler, "a"
@@ -35,6 +36,7 @@ first_smi_handler_start:
     /* Step 2: announce arrival: find our APIC ID among the possible CPUs (the table boot
        code wrote before the lock; its count clamped to the table's size) and store the
        round at the same index. A CPU that is not a possible one leaves no mark. */
+    movl $0xFFFFFFFF, %ebp
     movl {pos_count}(%edi), %ecx
     cmpl ${max_possible}, %ecx
     jbe 7f
@@ -46,7 +48,8 @@ first_smi_handler_start:
     je 9f
     incl %ebx
     jmp 8b
-9:  movl {ctx_round}(%edi), %eax
+9:  movl %ebx, %ebp
+    movl {ctx_round}(%edi), %eax
     movl %eax, {pos_arrived}(%edi,%ebx,4)
 2:
     /* Step 3: knock until the gate holds our APIC ID: cmpxchg8b compares EDX:EAX =
@@ -58,7 +61,11 @@ first_smi_handler_start:
     movl $0xFFFFFFFF, %ecx
     lock cmpxchg8b {ctx_gate}(%edi)
     je 4f
-    pause
+    /* Not yet: count a beat at our index, so that the monarch sees this CPU running. */
+    cmpl $0xFFFFFFFF, %ebp
+    je 10f
+    incl {pos_beat}(%edi,%ebp,4)
+10: pause
     jmp 3b
 4:
     /* The hand-off trace: this CPU's TSC as it took the gate (RDTSC cannot fault at CPL 0). */

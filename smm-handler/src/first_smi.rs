@@ -66,6 +66,7 @@ core::arch::global_asm!(
     pos_count = const pos(offset_of!(PossibleCpus, count)),
     pos_apic_ids = const pos(offset_of!(PossibleCpus, apic_ids)),
     pos_arrived = const pos(offset_of!(PossibleCpus, arrived)),
+    pos_beat = const pos(offset_of!(PossibleCpus, beat)),
     ss_revision = const at(ss::REVISION),
     ss_smbase = const at(ss::SMBASE),
     default_smbase = const DEFAULT_SMBASE,
@@ -202,6 +203,13 @@ fn arrived_mark(selector: u32) -> Option<*mut u32> {
     })
 }
 
+/// The gate beat of the possible CPU at `selector`, if the table has an entry for it.
+fn beat_counter(selector: u32) -> Option<*const u32> {
+    let i = selector as usize;
+    // SAFETY: only an address is computed, inside the table (i < MAX_SLOTS).
+    (i < MAX_SLOTS).then(|| unsafe { addr_of!((*possible_table()).beat).cast::<u32>().add(i) })
+}
+
 /// The monarch's view of the default-SMBASE window and the pen page.
 pub trait Window {
     /// Compare-and-swap on the 64-bit gate; `true` if it held `old` and now holds `new`.
@@ -223,6 +231,11 @@ pub trait Window {
     fn arrived(&self, selector: u32) -> u32;
     /// Forget the arrival mark of the possible CPU at `selector`.
     fn clear_arrived(&self, selector: u32);
+    /// How often the CPU at `selector` knocked at the closed gate so far (it changes only
+    /// while that CPU runs). By default 0: no CPU is seen running.
+    fn beat(&self, _selector: u32) -> u32 {
+        0
+    }
     /// Re-install the pen code (the page is OS-writable) and clear its signal byte.
     fn reset_pen(&self);
     /// The pen's signal byte (OS-writable: a liveness hint only, R4).
@@ -264,6 +277,10 @@ impl Window for FixedWindow {
     fn arrived(&self, selector: u32) -> u32 {
         // SAFETY: `arrived_mark` points into the window's arrival marks in SMRAM.
         arrived_mark(selector).map_or(0, |p| unsafe { read_volatile(p) })
+    }
+    fn beat(&self, selector: u32) -> u32 {
+        // SAFETY: `beat_counter` points into the window's beat counters in SMRAM.
+        beat_counter(selector).map_or(0, |p| unsafe { read_volatile(p) })
     }
     fn clear_arrived(&self, selector: u32) {
         if let Some(p) = arrived_mark(selector) {

@@ -20,6 +20,9 @@ pub const T_ARRIVE_US: u64 = 50_000;
 pub const T_SMI_IPI_US: u64 = 100_000;
 /// Bound of the wait after INIT-SIPI-SIPI to a CPU that still had not arrived (µs).
 pub const T_INIT_US: u64 = 100_000;
+/// Bound of the wait for a waiting candidate to show that it runs, before the gate is
+/// opened for the next one in order anyway (µs).
+pub const T_PICK_US: u64 = 20_000;
 /// Bound of the wait for the admitted CPU to set `about_to_leave` (µs).
 pub const T_LEAVE_US: u64 = 1_000_000;
 /// Bound of the wait for the relocated CPU to reach the pen (µs).
@@ -323,12 +326,56 @@ pub fn service<H: Host + ?Sized>(h: &H) -> Summary {
         Some(never_arrived) => s.skipped += never_arrived,
         None => return s,
     }
-    for &sel in cands.iter() {
+    // One at a time, each time the candidate that runs right now (`pick_running`).
+    let mut done = 0u64;
+    for _ in 0..cands.len() {
+        let Some(i) = pick_running(h, &cands, done) else {
+            break;
+        };
+        done |= 1u64.checked_shl(i as u32).unwrap_or(0);
+        let Some(&sel) = cands.get(i) else {
+            break;
+        };
         if relocate(h, sel, &mut s) == Step::Stop {
             break;
         }
     }
     s
+}
+
+/// The index in `cands` (those not in `done`, a bit per index) of the candidate to admit
+/// next: the first whose gate beat moves within [`T_PICK_US`], that is, one whose vCPU runs
+/// right now, else the first not done. Under TCG every waiting CPU spins on its own host
+/// thread; opening the gate for one that the host has not scheduled costs a time slice
+/// (milliseconds), while one that runs takes it at once. The beat only orders the
+/// admissions: the gate still opens for one APIC ID at a time (R8). `None`: another CPU
+/// took over as monarch meanwhile.
+#[inline(never)]
+fn pick_running<H: Host + ?Sized>(h: &H, cands: &[u32], done: u64) -> Option<usize> {
+    let w = h.window();
+    let open = |i: usize| done & 1u64.checked_shl(i as u32).unwrap_or(0) == 0;
+    let first = (0..cands.len()).find(|&i| open(i))?;
+    if (first + 1..cands.len()).all(|i| !open(i)) {
+        return Some(first);
+    }
+    // Low 16 bits of each beat: enough to see a change between two polls.
+    let mut seen = [0u16; MAX_BATCH];
+    for (b, &sel) in seen.iter_mut().zip(cands) {
+        *b = w.beat(sel) as u16;
+    }
+    let mut running = None;
+    let moved = wait(h, T_PICK_US, || {
+        running = cands
+            .iter()
+            .zip(seen.iter())
+            .enumerate()
+            .position(|(i, (&sel, &b))| open(i) && w.beat(sel) as u16 != b);
+        running.is_some()
+    });
+    match moved {
+        Wait::Deposed => None,
+        Wait::Met | Wait::TimedOut => Some(running.unwrap_or(first)),
+    }
 }
 
 /// Stragglers: CPUs that arrived in the first-SMI handler earlier and were never

@@ -75,9 +75,9 @@ pub mod window {
     pub const BOOT_MAILBOX: Region = Region::new(DEFAULT_SMBASE + 0x2000, 0x1000);
     /// The host ROM's AP start-up page (SIPI vector 0x33), used only at boot.
     pub const AP_TRAMPOLINE: Region = Region::new(DEFAULT_SMBASE + 0x3000, 0x1000);
-    /// The possible CPUs' APIC IDs by selector and their arrival marks
+    /// The possible CPUs' APIC IDs by selector, their arrival marks and gate beats
     /// ([`super::PossibleCpus`]): written at boot, read by the first-SMI handler and SMM.
-    pub const POSSIBLE: Region = Region::new(DEFAULT_SMBASE + 0x4000, 0x3000);
+    pub const POSSIBLE: Region = Region::new(DEFAULT_SMBASE + 0x4000, 0x4000);
     /// Where a CPU at the default SMBASE enters SMM: the first-SMI handler after boot, the
     /// boot relocation stub during boot. It ends where the shared save state begins.
     pub const HANDLER: Region = Region::new(
@@ -178,6 +178,10 @@ pub struct PossibleCpus {
     /// `arrived[selector]`: the round in which the CPU with that selector's APIC ID
     /// reached the first-SMI handler (0 = not since the monarch last cleared it).
     pub arrived: [u32; MAX_SLOTS],
+    /// `beat[selector]`: counted up by that CPU on every knock at the closed gate, so
+    /// the monarch can see which waiting CPU is running right now and open the gate for
+    /// it first (a hint for the order only: it decides nothing else).
+    pub beat: [u32; MAX_SLOTS],
 }
 
 const _: () = assert!(size_of::<PossibleCpus>() as u32 <= window::POSSIBLE.size);
@@ -222,8 +226,9 @@ pub mod tseg {
     /// The relocatable SMM module (the host ROM's SMM entry and the handler with its
     /// slot tables, about 34 KiB for [`MAX_SLOTS`] slots).
     pub const MODULE: Region = Region::new(0x8000, 0x1_0000);
-    /// Bytes of one stack of the pool; its lowest 8 bytes hold [`super::STACK_CANARY`].
-    pub const STACK_SIZE: u32 = 0x800;
+    /// Bytes of one stack of the pool (as coreboot's `SMM_MODULE_STACK_SIZE` with the
+    /// option on); its lowest 8 bytes hold [`super::STACK_CANARY`].
+    pub const STACK_SIZE: u32 = 0x1000;
     /// Most stacks in the pool. A CPU holds one only while it runs the handler's Rust
     /// code, so the pool is sized by what runs at once, not by possible CPUs: every
     /// present CPU enters SMM on a broadcast SMI, but only the monarch does the work; the
@@ -373,16 +378,16 @@ pub mod tseg {
             ..
         })
     ));
-    // 1 MiB holds 769 slots (README).
+    // 1 MiB holds 641 slots (README).
     const _: () = assert!(matches!(
-        Tseg::for_slots(769),
+        Tseg::for_slots(641),
         Some(Tseg {
             size: 0x10_0000,
             ..
         })
     ));
     const _: () = assert!(matches!(
-        Tseg::for_slots(770),
+        Tseg::for_slots(642),
         Some(Tseg {
             size: 0x20_0000,
             ..

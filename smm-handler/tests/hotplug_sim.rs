@@ -316,6 +316,34 @@ fn an_apic_id_outside_the_possible_set_is_skipped() {
 }
 
 #[test]
+fn the_gate_opens_first_for_a_waiting_cpu_that_runs() {
+    // CPUs 1, 2 and 3 wait at the gate; the host has not scheduled CPU 1's vCPU for a
+    // while. The monarch sees CPUs 2 and 3 knock (their beats move) and admits them
+    // first, then CPU 1 once it runs: all three relocated, one at a time.
+    let m = Machine::new(&[0, 1, 2, 3], &[0], 4);
+    for sel in 1..4 {
+        m.hot_add(sel, Behaviour::Broadcast);
+    }
+    m.broadcast();
+    m.deschedule(1, 40);
+
+    let s = m.service();
+
+    assert_eq!((s.relocated, s.skipped), (3, 0), "{:#?}", m.logs());
+    let taken: Vec<u32> = m
+        .events()
+        .iter()
+        .filter_map(|e| match e {
+            Ev::GateTaken(a, _) => Some(*a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(taken, [2, 3, 1]);
+    let bad = m.broken_invariants(&Default::default());
+    assert!(bad.is_empty(), "{bad:?}");
+}
+
+#[test]
 fn x2apic_ids_are_relocated_into_slots_of_their_own() {
     // 32-bit APIC IDs from a sparse x2APIC topology, plugged at once.
     let ids = [0u32, 1, 300, 0x8000_0001, 0xFFFF_FFFE];

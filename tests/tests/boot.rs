@@ -259,7 +259,7 @@ fn the_most_possible_cpus_negotiate_hotplug_and_an_x2apic_cpu_gets_its_own_slot(
         // keeps 1 MiB).
         assert!(out.contains("+2 MiB, D_LCK set"), "{out}");
         assert!(
-            out.contains("stack pool 64 x 2048 bytes, per-CPU slot 1024 bytes"),
+            out.contains("stack pool 64 x 4096 bytes, per-CPU slot 1024 bytes"),
             "{out}"
         );
         assert!(out.contains("bytes for 1024 slots"), "{out}");

@@ -103,7 +103,7 @@ fn more_cpus_in_smm_at_once_than_stacks_wait_for_one_and_hot_add_still_works() {
         o.output
     );
     assert!(
-        o.output.contains("stack pool 1 x 2048 bytes"),
+        o.output.contains("stack pool 1 x 4096 bytes"),
         "{}",
         o.output
     );

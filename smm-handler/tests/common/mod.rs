@@ -246,6 +246,10 @@ pub struct WinState {
     /// Arrival marks by APIC ID (the handler stores them by selector; the [`Window`]
     /// impl maps).
     pub arrived: std::collections::HashMap<u32, u32>,
+    /// Gate beats by APIC ID (the handler counts them by selector).
+    pub beats: std::collections::HashMap<u32, u32>,
+    /// Steps for which a CPU's vCPU is not scheduled (it does nothing).
+    pub descheduled: std::collections::HashMap<u32, u32>,
     pub pen_signal: u8,
     pub pen_resets: u32,
     /// The arrival mark the first-SMI handler stores (the context's round).
@@ -340,6 +344,8 @@ impl Machine {
                 new_smbase: 0,
                 about_to_leave: 0,
                 arrived: std::collections::HashMap::new(),
+                beats: std::collections::HashMap::new(),
+                descheduled: std::collections::HashMap::new(),
                 pen_signal: 0,
                 pen_resets: 0,
                 round: 1,
@@ -433,6 +439,11 @@ impl Machine {
     }
 
     /// How many steps an SMI IPI takes to bring `apic` in (a slow vCPU thread).
+    /// The host does not schedule `apic`'s vCPU for the next `steps` steps.
+    pub fn deschedule(&self, apic: u32, steps: u32) {
+        self.st.borrow_mut().descheduled.insert(apic, steps);
+    }
+
     pub fn set_smi_delay(&self, apic: u32, steps: u32) {
         for c in self.st.borrow_mut().cpus.iter_mut() {
             if c.apic == apic {
@@ -743,6 +754,13 @@ impl Machine {
         }
         for i in 0..st.cpus.len() {
             let c = st.cpus[i].clone();
+            // A vCPU the host has not scheduled does nothing at all.
+            if let Some(n) = st.descheduled.get_mut(&c.apic) {
+                if *n > 0 {
+                    *n -= 1;
+                    continue;
+                }
+            }
             let mut next = c.clone();
             match c.state {
                 CpuState::SmiPending(0) => {
@@ -755,6 +773,10 @@ impl Machine {
                 }
                 CpuState::SmiPending(n) => next.state = CpuState::SmiPending(n - 1),
                 CpuState::AtGate => {
+                    // Every knock at the closed gate counts a beat (a possible CPU only).
+                    if self.possible_ids.contains(&c.apic) {
+                        *st.beats.entry(c.apic).or_insert(0) += 1;
+                    }
                     if st.gate == u64::from(c.apic) && c.behaviour != Behaviour::NoGate {
                         // lock cmpxchg8b: the CPU closes the gate behind itself.
                         st.gate = GATE_CLOSED;
@@ -970,6 +992,14 @@ impl Window for Machine {
         self.possible_ids
             .get(selector as usize)
             .map_or(0, |&apic| self.arrived_mark(apic))
+    }
+
+    fn beat(&self, selector: u32) -> u32 {
+        let st = self.st.borrow();
+        self.possible_ids
+            .get(selector as usize)
+            .and_then(|a| st.beats.get(a).copied())
+            .unwrap_or(0)
     }
 
     fn clear_arrived(&self, selector: u32) {

@@ -1,7 +1,7 @@
 //! The host ROM's SMM module: the host-specific rest of its SMM entry. Every CPU that
 //! takes an SMI at a relocated SMBASE comes here from its slot's entry stub, in long mode
 //! with SSE off and no stack yet ([`smm_slot_entry`]: the stack pool), then runs
-//! [`smm_entry`] on a 2 KiB stack, as coreboot's x86_64 SMM stage calls its C handler.
+//! [`smm_entry`] on a 4 KiB stack, as coreboot's x86_64 SMM stage calls its C handler.
 //! What only this host has: the parameter block the boot code fills, a serial console,
 //! the stack pool and its own SMI lock (coreboot brings its own). Everything else is
 //! `smm_handler::entry`.
