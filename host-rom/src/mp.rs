@@ -25,6 +25,8 @@ pub const CMD_IDLE: u32 = 0;
 pub const CMD_SMM_QUERY: u32 = 1;
 /// Mailbox command: park in `cli; hlt` for good.
 pub const CMD_PARK: u32 = 2;
+/// Mailbox command: answer at once (the AP runs its loop outside SMM).
+pub const CMD_PING: u32 = 3;
 
 /// Per AP (index = order of check-in, from 1): APIC ID, command, result.
 pub struct ApSlot {
@@ -113,6 +115,7 @@ extern "sysv64" fn ap_main(index: u32) -> ! {
                 me.cmd.store(CMD_IDLE, Ordering::SeqCst);
             }
             CMD_PARK => park(),
+            CMD_PING => me.cmd.store(CMD_IDLE, Ordering::SeqCst),
             _ => core::hint::spin_loop(),
         }
     }

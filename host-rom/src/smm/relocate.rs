@@ -54,6 +54,17 @@ pub fn relocate_all(cpus: &[(u32, u32)], bsp_apic: u32) -> Result<(), SmmError> 
         if !ok {
             return Err(SmmError::RelocationTimeout { apic });
         }
+        // `done` is written right before the stub's RSM: until that RSM, the CPU still
+        // reads the one save state at the default SMBASE, which the next CPU's SMM entry
+        // would overwrite (its context, and the SMBASE meant for the next one). So an AP
+        // answers a ping from outside SMM before the next relocation (found in a loaded
+        // test run: the AP got the boot CPU's SMBASE).
+        if apic != bsp_apic {
+            let ap = mp::ap_by_apic(apic).ok_or(SmmError::RelocationTimeout { apic })?;
+            if !mp::run_on_ap(ap, mp::CMD_PING) {
+                return Err(SmmError::RelocationTimeout { apic });
+            }
+        }
         log::debug!("relocated APIC {} to SMBASE {:#x}", apic, smbase);
     }
     Ok(())
