@@ -141,7 +141,7 @@ extern "C" fn rom_main() -> ! {
     if knobs.no_smm_baseline {
         log::warn!("BASELINE: no SMM set up at all (benchmark baseline only)");
     } else {
-        setup_smm(&cpus, granted, &mem, default_window, &knobs);
+        setup_smm(&cpus, hotplug, &mem, default_window, &knobs);
         // QEMU must still report what was negotiated (nothing with the open-window knob).
         if granted != 0 {
             arming::check_features(&cfg, granted)
@@ -432,7 +432,7 @@ fn memory_map(mem: &Memory, acpi: Option<&acpi::Tables>) -> memmap::Map {
 }
 
 /// SMM the way coreboot's SMM stage sets it up; any failure stops the boot.
-fn setup_smm(cpus: &Cpus<'_>, granted: u64, mem: &Memory, default_window: bool, knobs: &Knobs) {
+fn setup_smm(cpus: &Cpus<'_>, hotplug: bool, mem: &Memory, default_window: bool, knobs: &Knobs) {
     let (tseg, tseg_base) = (mem.tseg, mem.tseg_base);
     let tsc_per_us = timer::tsc_per_us();
     log::debug!("TSC: {} ticks per microsecond", tsc_per_us);
@@ -440,7 +440,6 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, mem: &Memory, default_window: bool, 
     // SMM: present CPUs take slots in selector order.
     let module = romfs::find("smm").unwrap_or_else(|| fatal!("ROM has no SMM module (file 'smm')"));
     let module = smm::rmod::Rmod::parse(module).unwrap_or_else(|e| fatal!("SMM module: {:?}", e));
-    let hotplug = granted & fw_cfg::SMI_FEATURE_CPU_HOTPLUG != 0;
     // SAFETY: TSEG is the top of low RAM, sized for the slots, not yet enabled, owned by
     // firmware.
     let layout = unsafe {
@@ -501,7 +500,7 @@ fn setup_smm(cpus: &Cpus<'_>, granted: u64, mem: &Memory, default_window: bool, 
         layout.module_size,
         layout.stacks,
         tseg::STACK_SIZE,
-        layout.slot_bytes,
+        tseg::SLOT_STRIDE,
         layout.total_bytes,
         layout.slots
     );

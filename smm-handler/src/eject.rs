@@ -151,7 +151,7 @@ fn is_gone<H: Host + ?Sized>(h: &H, sel: u32) -> Option<bool> {
 /// Eject the CPU of `slot` by selector and check that it is gone.
 fn eject<H: Host + ?Sized>(h: &H, slot: usize, apic: u32, s: &mut Summary) {
     let d = h.data();
-    let Some(sel) = h.data().selector_of(apic) else {
+    let Some(sel) = d.selector_of(apic) else {
         d.slots.set(slot, slots::QUARANTINED, apic);
         return;
     };
@@ -205,7 +205,7 @@ pub fn forget_gone<H: Host + ?Sized>(h: &H, s: &mut Summary) {
             continue;
         }
         let apic = d.slots.apic(slot);
-        let Some(sel) = h.data().selector_of(apic) else {
+        let Some(sel) = d.selector_of(apic) else {
             continue;
         };
         if apic == me || sel == 0 {

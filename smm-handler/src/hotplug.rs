@@ -403,7 +403,7 @@ fn add_stragglers<H: Host + ?Sized>(h: &H, cands: &mut heapless::Vec<u32, MAX_BA
 }
 
 /// Clear the arrival mark of the possible CPU with `apic`.
-pub(crate) fn clear_arrived<H: Host + ?Sized>(h: &H, apic: u32) {
+fn clear_arrived<H: Host + ?Sized>(h: &H, apic: u32) {
     if let Some(sel) = h.data().selector_of(apic) {
         h.window().clear_arrived(sel);
     }
@@ -532,7 +532,7 @@ fn relocate<H: Host + ?Sized>(h: &H, sel: u32, s: &mut Summary) -> Step {
     }
     match wait(h, T_LEAVE_US, || w.about_to_leave() != 0) {
         Wait::Met => d.slots.set_phase(n, Phase::Left),
-        Wait::TimedOut => return gate_timeout(h, apic, n, s),
+        Wait::TimedOut => return gate_timeout(h, sel, n, s),
         Wait::Deposed => return Step::Stop,
     }
     let tsc_left = tsc();
@@ -597,11 +597,11 @@ fn tsc() -> u64 {
 /// The admitted CPU never said it is leaving: undo if it never took the gate, else
 /// quarantine its slot and stop hot-add (a slow CPU may still read `new_smbase` or write
 /// the shared save area, so the gate must never open again: R11).
-fn gate_timeout<H: Host + ?Sized>(h: &H, apic: u32, n: usize, s: &mut Summary) -> Step {
-    let (w, d) = (h.window(), h.data());
+fn gate_timeout<H: Host + ?Sized>(h: &H, sel: u32, n: usize, s: &mut Summary) -> Step {
+    let (w, d, apic) = (h.window(), h.data(), apic_at(h, sel));
     if w.gate_cas(u64::from(apic), GATE_CLOSED) {
         undo(h, n);
-        clear_arrived(h, apic);
+        w.clear_arrived(sel);
         smm_log!(
             h,
             Warn,

@@ -40,6 +40,19 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The `MAX_CPUS` default `coreboot-config/site-local/Kconfig` sets while the option is on:
+/// the most slots a coreboot.rom built with it lays out.
+pub fn coreboot_max_cpus() -> u32 {
+    let rel = "coreboot-config/site-local/Kconfig";
+    let k = std::fs::read_to_string(workspace_root().join(rel)).expect(rel);
+    k.split("config MAX_CPUS")
+        .nth(1)
+        .and_then(|r| r.split("default ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a MAX_CPUS default in site-local/Kconfig")
+}
+
 /// The QEMU binary, checked to run; a clear error when it is missing.
 pub fn qemu_binary() -> Result<PathBuf, String> {
     let bin = std::env::var_os("QEMU")

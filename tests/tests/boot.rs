@@ -131,16 +131,10 @@ fn boot_without_qemu_hotplug_features_still_locks_smm_and_says_what_is_missing()
 /// there why).
 fn slot_limit() -> u32 {
     if testing_host_rom() {
-        return smm_handler::slots::MAX_SLOTS as u32;
+        smm_handler::slots::MAX_SLOTS as u32
+    } else {
+        coreboot_max_cpus()
     }
-    let k = std::fs::read_to_string(workspace_root().join("coreboot-config/site-local/Kconfig"))
-        .expect("site-local/Kconfig");
-    k.split("config MAX_CPUS")
-        .nth(1)
-        .and_then(|r| r.split("default ").nth(1))
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("a MAX_CPUS default")
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The C glue in coreboot-config and the Rust object (crate `coreboot-smm`) agree on the
 //! constants of their ABI that no compiler checks across the language boundary.
 
-use qemu_tests::workspace_root;
+use qemu_tests::{coreboot_max_cpus, workspace_root};
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(workspace_root().join(rel)).expect(rel)
@@ -50,16 +50,12 @@ fn the_c_glue_and_the_rust_object_agree_on_the_diag_query_value_and_the_env_vers
 #[test]
 fn the_c_glue_caps_max_cpus_at_the_rust_slot_table() {
     let h = read("coreboot-config/site-local/cpu-hotplug/rust_cpu_hotplug.h");
-    let kconfig = read("coreboot-config/site-local/Kconfig");
     let slots = smm_handler::slots::MAX_SLOTS as u64;
     // The header's compile-time check uses this bound ...
     assert_eq!(value_after(&h, "#define RUST_CPU_HOTPLUG_MAX_SLOTS"), slots);
     // ... and the Kconfig default for MAX_CPUS while the option is on stays within it.
-    let max_cpus = kconfig
-        .split("config MAX_CPUS")
-        .nth(1)
-        .expect("MAX_CPUS default in site-local/Kconfig");
-    assert!(value_after(max_cpus, "default") <= slots, "{max_cpus}");
+    let max_cpus = coreboot_max_cpus();
+    assert!(u64::from(max_cpus) <= slots, "MAX_CPUS default {max_cpus}");
 }
 
 #[test]

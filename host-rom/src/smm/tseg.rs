@@ -20,8 +20,6 @@ pub struct SmmLayout {
     pub slots: u32,
     /// Bytes of the SMM module image.
     pub module_size: u32,
-    /// SMRAM bytes per slot: its share of the interleaved stubs and save states.
-    pub slot_bytes: u32,
     /// Stacks in the pool (each `tseg::STACK_SIZE` bytes, part of the fixed SMRAM).
     pub stacks: u32,
     /// SMRAM bytes in use.
@@ -92,7 +90,6 @@ pub unsafe fn load(
     Ok(SmmLayout {
         slots,
         module_size: module.image_size,
-        slot_bytes: tseg::SLOT_STRIDE,
         stacks: t.stacks,
         total_bytes: t.slot_area().size
             + t.stack_area().size

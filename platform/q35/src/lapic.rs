@@ -114,11 +114,6 @@ pub fn enable_x2apic() -> bool {
     apic_base() & APIC_BASE_X2APIC != 0
 }
 
-/// Whether this CPU's local APIC is in x2APIC mode.
-pub fn in_x2apic_mode() -> bool {
-    apic_base() & APIC_BASE_X2APIC != 0
-}
-
 fn wait_idle(spins: u32) -> bool {
     for _ in 0..spins {
         if mmio_read(XAPIC_ICR_LOW) & ICR_DELIVERY_PENDING == 0 {
