@@ -90,6 +90,9 @@ pub const KNOB_OPEN_WINDOW: (&str, &str) = (
 /// The test image's benchmark-baseline knob: fw_cfg file and the one value it acts on (no
 /// SMM set up; only on a machine without SMM).
 pub const KNOB_NO_SMM: (&str, &str) = ("opt/host-rom/baseline-no-smm", "no-smm-baseline");
+/// The test image's small-stack-pool knob: fw_cfg file and the one value it acts on (SMM's
+/// stack pool holds one stack).
+pub const KNOB_ONE_STACK: (&str, &str) = ("opt/host-rom/stack-pool", "one-stack");
 
 /// QEMU binaries to try for a machine without SMM (`-machine q35,smm=off`): `$QEMU_ALT`,
 /// then `/opt/qemu10/qemu-system-x86_64` when present (Debian's 7.2 keeps SMM with

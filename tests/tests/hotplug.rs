@@ -94,7 +94,7 @@ fn more_cpus_in_smm_at_once_than_stacks_wait_for_one_and_hot_add_still_works() {
     // broadcast SMI, three wait in the entry code without a stack until one is free; every
     // CPU must still answer its diagnostic SMIs at its own slot, and the new ones too.
     host_rom_only!();
-    let cfg = VmConfig::new("4,maxcpus=6").fw_cfg("opt/host-rom/stack-pool", "one-stack");
+    let cfg = VmConfig::new("4,maxcpus=6").fw_cfg(KNOB_ONE_STACK.0, KNOB_ONE_STACK.1);
     let o = plug_and_check_with(cfg, 2, None);
     assert!(
         o.output

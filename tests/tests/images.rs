@@ -35,7 +35,7 @@ fn the_production_rom_does_not_contain_the_test_knobs() {
     let prod = std::fs::read(host_rom_image(PRODUCTION_ROM)).unwrap();
     let test = std::fs::read(host_rom_image(TEST_ROM)).unwrap();
     let contains = |hay: &[u8], s: &str| hay.windows(s.len()).any(|w| w == s.as_bytes());
-    for (file, value) in [KNOB_OPEN_WINDOW, KNOB_NO_SMM] {
+    for (file, value) in [KNOB_OPEN_WINDOW, KNOB_NO_SMM, KNOB_ONE_STACK] {
         assert!(!contains(&prod, file), "{PRODUCTION_ROM} names {file}");
         assert!(!contains(&prod, value), "{PRODUCTION_ROM} names {value}");
         assert!(contains(&test, file), "{TEST_ROM} lacks {file}");
